@@ -1,0 +1,1 @@
+"""mtt_fast.report"""
