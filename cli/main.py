@@ -1,8 +1,310 @@
-"""The `mtt-fast` command line (placeholder until the commands land)."""
+"""The ``mtt-fast`` command line. Thin: parse options, call the library, print."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+from pathlib import Path
 
 import click
+import torch
+
+import mtt_fast
+from mtt_fast.cli.common import common_options, echo, out_path, parse_kv, resolve_device, user_errors
+from mtt_fast.augment import DSAConfig
+from mtt_fast.errors import UserError
+
+DEFAULT_DSA = DSAConfig().strategy
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(mtt_fast.__version__, prog_name="mtt-fast")
 def main() -> None:
-    """mtt-fast: distill image datasets by matching training trajectories."""
+    """mtt-fast: distill image datasets into a few synthetic images per class by Matching
+    Training Trajectories (MTT), optionally through a deep generative prior (GLaD).
+
+    The pipeline is buffer -> distill -> eval; each stage reads and writes directories.
+    """
+
+
+# --------------------------------------------------------------------------------------
+# shared option groups
+
+
+def dataset_options(required: bool = True):
+    def deco(f):
+        f = click.option("--cache-dir", default=None, help="Where decoded, resized images are cached (default $MTT_FAST_CACHE or ~/.cache/mtt-fast).")(f)
+        f = click.option("--data-option", "data_option", multiple=True, metavar="KEY=VALUE",
+                         help="Dataset option, e.g. cohort=STAD (crc), val_size=5000; repeatable.")(f)
+        f = click.option("--normalization", default="auto", show_default=True, help="auto | compute | none | a preset (crc, pg, imagenet, fashion-mnist).")(f)
+        f = click.option("--res", type=int, default=None, help="Image side in pixels (default: the dataset's own; paper: 224).")(f)
+        f = click.option("--data-root", default=None, help="Dataset directory (fashion-mnist defaults to Debian's).")(f)
+        f = click.option("--dataset", required=required, help="pg | crc | folder | npz | fashion-mnist")(f)
+        return f
+
+    return deco
+
+
+def dsa_options(f):
+    f = click.option("--dsa-mode", type=click.Choice(["S", "M"]), default="S", show_default=True,
+                     help="S: one augmentation group per batch (MTT); M: all groups in turn.")(f)
+    f = click.option("--dsa-strategy", default=DEFAULT_DSA, show_default=True,
+                     help="Differentiable Siamese augmentation ops joined by _ (add noise for the paper's noise op); none disables.")(f)
+    return f
+
+
+def dsa_dict(strategy: str, mode: str) -> dict:
+    return asdict(DSAConfig(strategy="" if strategy in ("none", "") else strategy, mode=mode))
+
+
+def _load_bundle(dataset, data_root, res, normalization, data_option, cache_dir, seed, progress):
+    from mtt_fast.data import load_dataset
+
+    return load_dataset(dataset, data_root, res, seed=seed, options=parse_kv(data_option, "--data-option"),
+                        cache_dir=cache_dir, normalization=normalization, progress=progress)
+
+
+def _bundle_from_meta(meta: dict, data_root: str | None, progress: bool):
+    from mtt_fast.data import load_dataset_from_meta
+
+    return load_dataset_from_meta(meta, root=data_root, progress=progress)
+
+
+# --------------------------------------------------------------------------------------
+@main.command()
+def info() -> None:
+    """Versions, the compiled core, and the devices PyTorch sees."""
+    from mtt_fast.ops import extension_info
+
+    ext = extension_info()
+    echo(f"mtt-fast {mtt_fast.__version__}  python {platform.python_version()}  torch {torch.__version__}"
+         f"  (built for CUDA {torch.version.cuda or '-'})")
+    if ext.get("loaded"):
+        echo(f"compiled core: loaded from {ext.get('path')} ({'CUDA + CPU' if ext.get('built_with_cuda') else 'CPU only'} build)")
+        echo(f"  ops: {', '.join(ext.get('ops', []))}")
+    else:
+        echo(f"compiled core: NOT loaded ({ext.get('error', 'unknown reason')}); running on the pure-PyTorch reference path")
+    echo("trajectory loss: " + ("fused op" if ext.get("loaded") else "reference"))
+    echo("augmentation (DSA): reference (pure PyTorch)")
+    from mtt_fast.match import ENGINES
+
+    echo(f"matching engines: {', '.join(ENGINES)}")
+    echo(f"CPU threads: {torch.get_num_threads()}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            echo(f"cuda:{i}: {p.name}, {p.total_memory / 2**30:.1f} GiB")
+    else:
+        echo("CUDA devices: none visible")
+
+
+# --------------------------------------------------------------------------------------
+@main.group()
+def data() -> None:
+    """Look at a dataset before using it."""
+
+
+@data.command("stats")
+@dataset_options()
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@user_errors
+def data_stats(dataset, data_root, res, normalization, data_option, cache_dir, seed, device, progress, as_json):
+    """Class counts, imbalance, bags per class and mean/std, per split."""
+    import json
+
+    from mtt_fast.data import dataset_stats, format_stats
+
+    bundle = _load_bundle(dataset, data_root, res, normalization, data_option, cache_dir, seed, progress)
+    stats = dataset_stats(bundle)
+    echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
+
+
+# --------------------------------------------------------------------------------------
+@main.command()
+@dataset_options()
+@click.option("--arch", default="convnet", show_default=True, help="Expert architecture (the distillation backbone).")
+@click.option("--width", type=int, default=128, show_default=True, help="ConvNet width.")
+@click.option("--depth", type=int, default=3, show_default=True, help="ConvNet depth.")
+@click.option("--num-experts", type=int, default=5, show_default=True)
+@click.option("--epochs", type=int, default=50, show_default=True, help="Epochs per expert (snapshots: epochs + 1).")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Expert SGD learning rate (MTT's lr_teacher).")
+@click.option("--momentum", type=float, default=0.0, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--max-train-per-class", type=int, default=None, help="Train on at most this many images per class (quick runs).")
+@click.option("--jitter/--no-jitter", default=None, help="Color jitter + h/v flips of the paper (default: on for pg/crc).")
+@dsa_options
+@click.option("--out", required=True, help="Store directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store in --out.")
+@common_options
+@user_errors
+def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch, width, depth, num_experts, epochs, lr,
+           momentum, weight_decay, batch_size, max_train_per_class, jitter, dsa_strategy, dsa_mode, out, overwrite,
+           seed, device, progress):
+    """Train expert networks on the real data and store their trajectories."""
+    from mtt_fast.data import ExpertTransform
+    from mtt_fast.experts import ExpertConfig, train_experts
+    from mtt_fast.models import get_network
+    from mtt_fast.rundir import mark_complete, prepare_out
+
+    dev = resolve_device(device)
+    get_network(arch, 3, 2, 32)  # unknown --arch fails before any data is read
+    if num_experts < 1 or epochs < 1:
+        raise UserError("--num-experts and --epochs must be at least 1")
+    bundle = _load_bundle(dataset, data_root, res, normalization, data_option, cache_dir, seed, progress)
+    if jitter is None:
+        jitter = dataset in ("pg", "crc")
+    cfg = ExpertConfig(arch=arch, width=width, depth=depth, num_experts=num_experts, epochs=epochs, lr=lr,
+                       momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
+                       dsa=dsa_dict(dsa_strategy, dsa_mode), max_train_per_class=max_train_per_class, seed=seed)
+    config = {"command": "buffer", "dataset": bundle.meta(), "jitter": jitter, **asdict(cfg)}
+    out = out_path(out)
+    state = prepare_out(out, config, overwrite=overwrite)
+    if state == "complete":
+        echo(f"{out} already holds this finished store; nothing to do (pass --overwrite to train again)")
+        return
+    bundle.write_split(out / "split.json")
+    meta = train_experts(bundle, out, cfg, device=dev, transform=ExpertTransform() if jitter else None,
+                         progress=progress, log=echo)
+    mark_complete(out)
+    accs = [e["val_accuracy"] for e in meta["experts"]]
+    echo(f"store {out}: {len(accs)} experts x {epochs} epochs, {meta['num_params']} parameters; "
+         f"val accuracy {sum(accs) / len(accs):.2f}% mean")
+
+
+# --------------------------------------------------------------------------------------
+@main.command()
+@click.option("--buffer", "buffer_dir", required=True, help="Trajectory store written by `mtt-fast buffer`.")
+@click.option("--method", type=click.Choice(["mtt", "random"]), default="mtt", show_default=True,
+              help="mtt: matching training trajectories on pixels; random: random real images (baseline).")
+@click.option("--ipc", type=int, default=10, show_default=True, help="Synthetic images per class.")
+@click.option("--syn-steps", type=int, default=20, show_default=True, help="N: student steps per iteration.")
+@click.option("--expert-epochs", type=int, default=2, show_default=True, help="M: expert epochs to match.")
+@click.option("--max-start-epoch", type=int, default=20, show_default=True, help="T+: start epochs drawn from [0, T+).")
+@click.option("--iterations", type=int, default=5000, show_default=True)
+@click.option("--engine", type=click.Choice(["full"]), default="full", show_default=True,
+              help="Matching engine (full: autograd through the unroll).")
+@click.option("--lr-img", type=float, default=1000.0, show_default=True, help="SGD learning rate of the pixels.")
+@click.option("--lr-lr", type=float, default=1e-5, show_default=True, help="SGD learning rate of syn_lr.")
+@click.option("--lr-teacher", type=float, default=None, help="Initial syn_lr (default: the experts' lr).")
+@click.option("--batch-syn", type=int, default=None, help="Synthetic images per student step (default: all).")
+@click.option("--pix-init", type=click.Choice(["real", "noise"]), default="real", show_default=True)
+@click.option("--eval-it", type=int, default=100, show_default=True, help="Evaluate on the validation split every this many iterations.")
+@click.option("--eval-epochs", type=int, default=300, show_default=True, help="Epochs of each validation evaluation.")
+@click.option("--eval-repeats", type=int, default=1, show_default=True)
+@dsa_options
+@click.option("--data-root", default=None, help="Where the dataset lives now, if it moved since `buffer`.")
+@click.option("--out", required=True, help="Run directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
+@common_options
+@user_errors
+def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, iterations, engine, lr_img, lr_lr,
+            lr_teacher, batch_syn, pix_init, eval_it, eval_epochs, eval_repeats, dsa_strategy, dsa_mode, data_root,
+            out, overwrite, seed, device, progress):
+    """Distill a synthetic set from a trajectory store."""
+    from mtt_fast.distill import DistillConfig, MTTDistiller, distill_random
+    from mtt_fast.experts import TrajectoryStore
+    from mtt_fast.rundir import mark_complete, prepare_out
+
+    dev = resolve_device(device)
+    for name, v in (("--ipc", ipc), ("--syn-steps", syn_steps), ("--iterations", iterations), ("--eval-it", eval_it)):
+        if v < 1:
+            raise UserError(f"{name} must be at least 1 (got {v})")
+    store = TrajectoryStore.open(buffer_dir)
+    cfg = DistillConfig(method=method, ipc=ipc, syn_steps=syn_steps, expert_epochs=expert_epochs,
+                        max_start_epoch=max_start_epoch, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr,
+                        lr_teacher=lr_teacher, batch_syn=batch_syn, pix_init=pix_init, engine=engine,
+                        dsa=dsa_dict(dsa_strategy, dsa_mode), eval_it=eval_it, eval_epochs=eval_epochs,
+                        eval_repeats=eval_repeats, seed=seed)
+    if method == "mtt":
+        store.check_epochs(expert_epochs, max_start_epoch)
+    out = out_path(out)
+    config = {"command": "distill", "buffer": str(Path(buffer_dir).resolve()), **asdict(cfg)}
+    state = prepare_out(out, config, overwrite=overwrite)
+    if state == "complete":
+        echo(f"{out} already holds this finished run; nothing to do (pass --overwrite to run again)")
+        return
+    bundle = _bundle_from_meta(store.dataset_meta, data_root, progress)
+    if method == "random":
+        s = distill_random(bundle, store.meta, ipc, seed, out)
+        echo(f"random real baseline: {len(s.labels)} images written to {out / 'synset'}")
+    else:
+        summary = MTTDistiller(store, bundle, cfg, out, device=dev, progress=progress, log=echo).run()
+        echo(f"done: best validation {next(k for k in summary if k.startswith('best_val'))[9:]} "
+             f"{summary[next(k for k in summary if k.startswith('best_val'))]:.2f} at iteration "
+             f"{summary['best_iteration']}; synset in {out / 'synset'}")
+    mark_complete(out)
+
+
+# --------------------------------------------------------------------------------------
+@main.command("eval")
+@click.option("--synset", "synset_dir", required=True, help="A synset directory (or a distill run directory).")
+@click.option("--data-root", default=None, help="Where the dataset lives now, if it moved.")
+@click.option("--archs", default="convnet", show_default=True, help="Comma-separated: convnet,alexnet,vgg11,resnet18.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Networks trained per architecture.")
+@click.option("--epochs", type=int, default=1000, show_default=True, help="Half linear warm-up, half cosine decay.")
+@click.option("--lr", type=float, default=None, help="Starting learning rate (default: the synset's learned syn_lr, else 0.01).")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@dsa_options
+@click.option("--out", required=True, help="Directory for results.json and results.md.")
+@click.option("--overwrite", is_flag=True, help="Replace existing results in --out.")
+@common_options
+@user_errors
+def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, split, dsa_strategy, dsa_mode, out,
+             overwrite, seed, device, progress):
+    """Train networks from scratch on a synset and test them on real data."""
+    from mtt_fast.evaluate.protocol import EvalConfig
+    from mtt_fast.evaluate.run import evaluate_synset, write_results
+    from mtt_fast.models import get_network
+    from mtt_fast.rundir import mark_complete, prepare_out
+    from mtt_fast.synth import Synset
+
+    dev = resolve_device(device)
+    arch_list = [a.strip() for a in archs.split(",") if a.strip()]
+    for a in arch_list:
+        get_network(a, 3, 2, 32)
+    if repeats < 1 or epochs < 1:
+        raise UserError("--repeats and --epochs must be at least 1")
+    synset = Synset.load(synset_dir)
+    m = synset.meta
+    cfg = EvalConfig(epochs=epochs, lr=lr, batch_size=batch_size, dsa=dsa_dict(dsa_strategy, dsa_mode),
+                     width=m.get("width", 128), depth=m.get("depth", 3))
+    out = out_path(out)
+    config = {"command": "eval", "synset": str(Path(synset_dir).resolve()), "archs": arch_list, "repeats": repeats,
+              "split": split, "seed": seed, **asdict(cfg)}
+    state = prepare_out(out, config, overwrite=overwrite)
+    if state == "complete":
+        echo(f"{out} already holds these results; nothing to do (pass --overwrite to evaluate again)")
+        return
+    bundle = _bundle_from_meta(m["dataset"], data_root, progress)
+    if list(bundle.classes) != list(m["classes"]) or bundle.res != synset.images.shape[-1] or bundle.channels != synset.images.shape[1]:
+        raise UserError(f"--synset {synset_dir} was made for classes {m['classes']} at {synset.images.shape[-1]} px, "
+                        f"but the dataset gives {bundle.classes} at {bundle.res} px")
+    echo(f"evaluating {m.get('method')} ipc {m.get('ipc')} on {split}: {', '.join(arch_list)} x {repeats}, {epochs} epochs")
+    results = evaluate_synset(synset, bundle, arch_list, cfg, repeats=repeats, split=split, seed=seed, device=dev,
+                              progress=progress, log=echo)
+    write_results(out, results, f"{m.get('method')}")
+    mark_complete(out)
+    echo(f"results in {out / 'results.json'} and {out / 'results.md'}")
+
+
+# --------------------------------------------------------------------------------------
+@main.command()
+@click.option("--out", default="mtt-fast-demo", show_default=True, help="Run directory of the demo.")
+@click.option("--data-root", default=None, help="Fashion-MNIST directory (default: Debian's dataset-fashion-mnist).")
+@click.option("--overwrite", is_flag=True, help="Start the demo again from scratch.")
+@common_options
+@user_errors
+def demo(out, data_root, overwrite, seed, device, progress):
+    """The whole pipeline on Fashion-MNIST on a CPU in a few minutes: experts, MTT at ipc 1
+    and 10, the random-real baseline, evaluation, and a printed table."""
+    from mtt_fast.demo import run_demo
+
+    run_demo(out_path(out), data_root=data_root, overwrite=overwrite, seed=seed, device=resolve_device(device),
+             progress=progress, log=echo)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Options and plumbing shared by every command: --config, --seed, --device, errors."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+import torch
+import yaml
+
+from mtt_fast.errors import UserError
+from mtt_fast.io import read_yaml
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
+    """Eager callback: a YAML file's keys become the command's defaults (flags override)."""
+    if not value:
+        return value
+    try:
+        data = read_yaml(value, what="--config")
+        if not isinstance(data, dict):
+            raise UserError(f"--config {value} must hold a mapping of option: value")
+        known = {p.name: p for p in ctx.command.params}
+        mapped = {}
+        for k, v in data.items():
+            name = str(k).replace("-", "_")
+            if name not in known or name == "config":
+                raise UserError(f"--config {value}: unknown option {k!r} for `{ctx.command_path}`")
+            mapped[name] = v
+        ctx.default_map = {**(ctx.default_map or {}), **mapped}
+    except UserError as e:
+        fail(str(e))
+    return value
+
+
+def config_option(f):
+    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+                        callback=_load_config, help="YAML file of option values (flags given on the command line win).")(f)
+
+
+def common_options(f):
+    """--seed, --device, --progress/--no-progress, --config."""
+    f = click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")(f)
+    return config_option(f)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when a GPU is visible, else cpu; a clear error for a missing GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch")
+    return dev
+
+
+def parse_kv(pairs: tuple[str, ...], option: str) -> dict:
+    """``("key=value", ...)`` -> dict, values parsed as YAML (numbers, lists, mappings)."""
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise UserError(f"{option} {p!r}: expected KEY=VALUE")
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            raise UserError(f"{option} {p!r}: value is not valid YAML") from None
+    return out
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def user_errors(f):
+    """Turn a UserError into one line on stderr and exit status 2."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except UserError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            fail("interrupted; rerun the same command to resume")
+
+    return wrapper
+
+
+def echo(msg: str) -> None:
+    click.echo(msg)
+
+
+def out_path(value: str) -> Path:
+    return Path(value).expanduser()

@@ -1,0 +1,244 @@
+"""MTT distillation (Cazenavette et al. 2022; the paper's Algorithm 3) on pixels.
+
+Each iteration: pick an expert and a start epoch t < T+, start the student at theta*_t,
+take N SGD steps with the learnable ``syn_lr`` on augmented minibatches of the synthetic
+images, and minimize ``||theta_N - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2`` w.r.t.
+the images and ``syn_lr`` (SGD with momentum 0.5 on both). Every ``eval_it`` iterations the
+synset is evaluated on the VALIDATION split and the best one is kept (selection never looks
+at the test split).
+
+The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoint.safetensors`` +
+``checkpoint.json`` (resume state), ``synset/`` (best by validation), ``synset_last/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from mtt_fast.augment import DSAConfig
+from mtt_fast.errors import UserError
+from mtt_fast.evaluate.metrics import headline_metric
+from mtt_fast.evaluate.protocol import EvalConfig, evaluate_arch
+from mtt_fast.experts.store import TrajectoryStore
+from mtt_fast.io import append_jsonl, load_tensors, read_json, read_jsonl, save_tensors, write_json, write_text
+from mtt_fast.match import ENGINES, Student, plan_steps
+from mtt_fast.synth import Synset, init_noise, init_real
+
+
+@dataclass
+class DistillConfig:
+    """Settings of a distillation run (names follow the MTT reference's flags)."""
+
+    method: str = "mtt"
+    ipc: int = 10
+    syn_steps: int = 20
+    expert_epochs: int = 2
+    max_start_epoch: int = 20
+    iterations: int = 5000
+    lr_img: float = 1000.0
+    lr_lr: float = 1e-5
+    lr_teacher: float | None = None
+    momentum: float = 0.5
+    batch_syn: int | None = None
+    pix_init: str = "real"
+    engine: str = "full"
+    dsa: dict = field(default_factory=lambda: asdict(DSAConfig()))
+    eval_it: int = 100
+    eval_epochs: int = 300
+    eval_repeats: int = 1
+    checkpoint_it: int = 10
+    seed: int = 0
+
+
+def _metrics_upto(path: Path, iteration: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from."""
+    keep = [r for r in read_jsonl(path) if r.get("iteration", -1) <= iteration]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+class MTTDistiller:
+    """One MTT distillation run over a trajectory store, writing into ``out``."""
+
+    def __init__(self, store: TrajectoryStore, bundle, cfg: DistillConfig, out: str | Path, *,
+                 device: torch.device | str = "cpu", progress: bool = True, log: Callable[[str], None] = print):
+        self.store, self.bundle, self.cfg, self.out = store, bundle, cfg, Path(out)
+        self.device, self.progress, self.log = torch.device(device), progress, log
+        if cfg.engine not in ENGINES:
+            raise UserError(f"--engine {cfg.engine}: available engines are {', '.join(ENGINES)}")
+        store.check_epochs(cfg.expert_epochs, cfg.max_start_epoch)
+        self.engine = ENGINES[cfg.engine]
+        self.student = Student.of(store.build_network().to(self.device))
+        self.dsa = DSAConfig.from_dict(cfg.dsa)
+        self.metric = headline_metric(bundle.num_classes)
+        self.val = bundle.split("val")
+        self.eval_cfg = EvalConfig(epochs=cfg.eval_epochs, dsa=cfg.dsa, width=store.meta["width"], depth=store.meta["depth"])
+
+    # -- state -------------------------------------------------------------------------
+    def _fresh_state(self) -> None:
+        cfg = self.cfg
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        if cfg.pix_init == "real":
+            x, y = init_real(self.bundle.split("train"), cfg.ipc, self.gen)
+        elif cfg.pix_init == "noise":
+            x, y = init_noise(self.bundle.num_classes, cfg.ipc, (self.bundle.channels, self.bundle.res, self.bundle.res), self.gen)
+        else:
+            raise UserError(f"--pix-init {cfg.pix_init}: choose real or noise")
+        self.images = x.to(self.device).requires_grad_(True)
+        self.labels = y.to(self.device)
+        lr0 = cfg.lr_teacher if cfg.lr_teacher is not None else self.store.expert_lr
+        self.syn_lr = torch.tensor(float(lr0), device=self.device).requires_grad_(True)
+        self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
+        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=cfg.lr_lr, momentum=cfg.momentum)
+        self.iteration = 0
+        self.best = {"iteration": None, "value": -math.inf}
+
+    def _save_checkpoint(self) -> None:
+        t = {"images": self.images.detach(), "labels": self.labels, "syn_lr": self.syn_lr.detach(),
+             "generator": self.gen.get_state()}
+        for name, opt, p in (("img", self.opt_img, self.images), ("lr", self.opt_lr, self.syn_lr)):
+            buf = opt.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                t[f"momentum_{name}"] = buf
+        save_tensors(self.out / "checkpoint.safetensors", t)
+        write_json(self.out / "checkpoint.json", {"iteration": self.iteration, "best": self.best})
+
+    def _load_checkpoint(self) -> bool:
+        if not (self.out / "checkpoint.json").is_file():
+            return False
+        info = read_json(self.out / "checkpoint.json", what="checkpoint")
+        t = load_tensors(self.out / "checkpoint.safetensors", what="checkpoint")
+        self._fresh_state()
+        with torch.no_grad():
+            self.images.copy_(t["images"].to(self.device))
+            self.syn_lr.copy_(t["syn_lr"].to(self.device))
+        self.labels = t["labels"].to(self.device)
+        self.gen.set_state(t["generator"])
+        for name, opt, p in (("img", self.opt_img, self.images), ("lr", self.opt_lr, self.syn_lr)):
+            if f"momentum_{name}" in t:
+                opt.state[p]["momentum_buffer"] = t[f"momentum_{name}"].to(self.device)
+        self.iteration, self.best = int(info["iteration"]), info["best"]
+        _metrics_upto(self.out / "metrics.jsonl", self.iteration)
+        return True
+
+    # -- pieces --------------------------------------------------------------------------
+    def synset(self) -> Synset:
+        meta = {
+            "method": self.cfg.method,
+            "ipc": self.cfg.ipc,
+            "classes": list(self.bundle.classes),
+            "dataset": self.store.dataset_meta,
+            "normalization": {"mean": list(self.bundle.mean), "std": list(self.bundle.std)},
+            "arch": self.store.arch,
+            "width": self.store.meta["width"],
+            "depth": self.store.meta["depth"],
+            "res": self.bundle.res,
+            "channels": self.bundle.channels,
+            "iteration": self.iteration,
+            "distill": asdict(self.cfg),
+            "buffer": str(self.store.path.resolve()),
+        }
+        return Synset(self.images.detach().cpu().clone(), self.labels.cpu().clone(), float(self.syn_lr.item()), meta)
+
+    def evaluate_val(self) -> dict:
+        """Train ``eval_repeats`` backbone networks on the current synset; score on val."""
+        res = evaluate_arch(self.store.arch, self.images.detach(), self.labels, self.val,
+                            lr=float(self.syn_lr.item()), cfg=self.eval_cfg, repeats=self.cfg.eval_repeats,
+                            seed=self.cfg.seed + 1000 + self.iteration, device=self.device)
+        return res
+
+    def step(self) -> dict:
+        """One distillation iteration; returns its metrics line."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        k = int(torch.randint(self.store.num_experts, (1,), generator=self.gen))
+        start_epoch = int(torch.randint(cfg.max_start_epoch, (1,), generator=self.gen))
+        start, target = (s.to(self.device) for s in self.store.snapshots(k, [start_epoch, start_epoch + cfg.expert_epochs]))
+        n = len(self.labels)
+        plan = plan_steps(n, tuple(self.images.shape[1:]), cfg.syn_steps, cfg.batch_syn or n, self.dsa, self.gen,
+                          device=self.device, dtype=self.images.dtype)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        res = self.engine(self.student, start, target, self.images, self.labels, self.syn_lr, plan)
+        loss = float(res.loss)
+        if not math.isfinite(loss) or not torch.isfinite(res.grad_images).all() or not math.isfinite(float(res.grad_lr)):
+            raise UserError(
+                f"the matching loss became {loss} at iteration {self.iteration}; lower --lr-img "
+                f"(now {cfg.lr_img:g}) or --lr-lr (now {cfg.lr_lr:g}); the best synset so far is kept in {self.out / 'synset'}"
+            )
+        self.images.grad = res.grad_images.to(self.images.dtype)
+        self.syn_lr.grad = res.grad_lr.reshape(()).to(self.syn_lr.dtype)
+        self.opt_img.step()
+        self.opt_lr.step()
+        self.images.grad = self.syn_lr.grad = None
+        rec = {"iteration": self.iteration, "loss": loss, "syn_lr": float(self.syn_lr.item()),
+               "expert": k, "start_epoch": start_epoch, "seconds": time.perf_counter() - t0}
+        if self.device.type == "cuda":
+            rec["peak_mem_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return rec
+
+    def run(self) -> dict:
+        """Run (or resume) to ``cfg.iterations``; returns the summary written to ``summary.json``."""
+        cfg = self.cfg
+        if self._load_checkpoint():
+            self.log(f"resuming from iteration {self.iteration} in {self.out}")
+        else:
+            self._fresh_state()
+        metrics = self.out / "metrics.jsonl"
+        self.log(f"distilling: method {cfg.method}, engine {cfg.engine}, ipc {cfg.ipc}, N={cfg.syn_steps}, "
+                 f"M={cfg.expert_epochs}, T+={cfg.max_start_epoch}, device {self.device}")
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc="distill", disable=not self.progress)
+        while True:
+            it = self.iteration
+            if it % cfg.eval_it == 0 or it == cfg.iterations:
+                ev = self.evaluate_val()
+                value = ev["mean"][self.metric]
+                append_jsonl(metrics, {"iteration": it, "val": ev["mean"], "val_std": ev["std"]})
+                if value > self.best["value"]:
+                    self.best = {"iteration": it, "value": value}
+                    self.synset().save(self.out / "synset")
+                bar.set_postfix({f"val_{self.metric}": f"{value:.1f}", "best": f"{self.best['value']:.1f}"})
+            if it == cfg.iterations:
+                break
+            rec = self.step()
+            append_jsonl(metrics, rec)
+            self.iteration += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", syn_lr=f"{rec['syn_lr']:.4g}")
+            if self.iteration % cfg.checkpoint_it == 0 or self.iteration % cfg.eval_it == 0:
+                self._save_checkpoint()
+        bar.close()
+        self.synset().save(self.out / "synset_last")
+        self._save_checkpoint()
+        summary = {"best_iteration": self.best["iteration"], f"best_val_{self.metric}": self.best["value"],
+                   "iterations": cfg.iterations, "final_syn_lr": float(self.syn_lr.item())}
+        write_json(self.out / "summary.json", summary)
+        return summary
+
+
+def distill_random(bundle, store_meta: dict | None, ipc: int, seed: int, out: str | Path) -> Synset:
+    """The random-real baseline: ``ipc`` class-stratified random training images per class."""
+    x, y = init_real(bundle.split("train"), ipc, torch.Generator().manual_seed(seed))
+    meta = {
+        "method": "random",
+        "ipc": ipc,
+        "classes": list(bundle.classes),
+        "dataset": bundle.meta(),
+        "normalization": {"mean": list(bundle.mean), "std": list(bundle.std)},
+        "arch": (store_meta or {}).get("arch", "convnet"),
+        "width": (store_meta or {}).get("width", 128),
+        "depth": (store_meta or {}).get("depth", 3),
+        "res": bundle.res,
+        "channels": bundle.channels,
+        "iteration": 0,
+        "distill": {"method": "random", "ipc": ipc, "seed": seed},
+    }
+    s = Synset(x, y, None, meta)
+    s.save(Path(out) / "synset")
+    return s

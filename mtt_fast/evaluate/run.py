@@ -1,0 +1,61 @@
+"""``mtt-fast eval``: a synset trained on by several architectures, tested on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mtt_fast.evaluate.metrics import headline_metric
+from mtt_fast.evaluate.protocol import EvalConfig, evaluate_arch
+from mtt_fast.io import write_json, write_text
+from mtt_fast.report.tables import results_markdown
+from mtt_fast.synth import Synset
+
+
+def evaluate_synset(
+    synset: Synset,
+    bundle,
+    archs: list[str],
+    cfg: EvalConfig,
+    *,
+    repeats: int = 3,
+    split: str = "test",
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Evaluate ``synset`` on each architecture; returns the ``results.json`` content."""
+    lr = cfg.lr if cfg.lr is not None else (synset.syn_lr if synset.syn_lr is not None else cfg.default_lr)
+    data = bundle.split(split)
+    metric = headline_metric(bundle.num_classes)
+    results = {}
+    for arch in archs:
+        r = evaluate_arch(arch, synset.images, synset.labels, data, lr=lr, cfg=cfg, repeats=repeats,
+                          seed=seed, device=device, progress=progress)
+        results[arch] = r
+        log(f"{arch}: {metric} {r['mean'][metric]:.2f} ± {r['std'][metric]:.2f}  "
+            f"(balanced accuracy {r['mean']['balanced_accuracy']:.2f} ± {r['std']['balanced_accuracy']:.2f})")
+    m = synset.meta
+    return {
+        "dataset": bundle.name,
+        "classes": list(bundle.classes),
+        "split": split,
+        "metric": metric,
+        "method": m.get("method"),
+        "ipc": m.get("ipc"),
+        "ratio_percent": 100.0 * len(synset.labels) / max(1, len(bundle.split("train"))),
+        "lr": lr,
+        "repeats": repeats,
+        "protocol": {k: v for k, v in cfg.__dict__.items()},
+        "results": results,
+    }
+
+
+def write_results(out: str | Path, results: dict, label: str) -> None:
+    """Write ``results.json`` and ``results.md`` into ``out``."""
+    out = Path(out)
+    write_json(out / "results.json", results)
+    write_text(out / "results.md", results_markdown([(label, results)]))

@@ -1,0 +1,129 @@
+"""The expert trajectory store: ``meta.json`` + one safetensors shard per expert.
+
+Layout of a store directory::
+
+    meta.json                 dataset, arch, resolution, classes, normalization, parameter
+                              names/shapes, training settings, and the finished experts
+    expert_000.safetensors    "trajectory": float32 [1, epochs + 1, P] (snapshot 0 = init)
+    expert_001.safetensors    ...
+
+A shard is written (atomically) only when its expert has finished, then ``meta.json`` is
+rewritten to list it: a killed ``buffer`` run resumes after the last listed expert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from mtt_fast.errors import UserError
+from mtt_fast.io import read_json, save_tensors, write_json
+from mtt_fast.models import FlatParams, get_network
+
+STORE_FORMAT = "mtt-fast/trajectories"
+STORE_VERSION = 1
+
+
+def shard_name(k: int) -> str:
+    return f"expert_{k:03d}.safetensors"
+
+
+@dataclass
+class TrajectoryStore:
+    """Read access to a finished (or partly finished) store.
+
+    Attributes:
+        path: the store directory.
+        meta: the parsed ``meta.json``.
+    """
+
+    path: Path
+    meta: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> "TrajectoryStore":
+        """Open a store, checking it is one and that its shards exist."""
+        path = Path(path)
+        if not path.is_dir():
+            raise UserError(f"--buffer {path}: no such directory")
+        meta = read_json(path / "meta.json", what="trajectory store metadata")
+        if meta.get("format") != STORE_FORMAT:
+            raise UserError(f"--buffer {path}: meta.json is not an mtt-fast trajectory store")
+        if not meta.get("experts"):
+            raise UserError(f"--buffer {path}: the store has no finished expert yet (run `mtt-fast buffer` to finish it)")
+        for e in meta["experts"]:
+            if not (path / e["file"]).is_file():
+                raise UserError(f"--buffer {path}: shard {e['file']} listed in meta.json is missing")
+        return cls(path, meta)
+
+    @property
+    def layout(self) -> FlatParams:
+        return FlatParams.from_json(self.meta["params"])
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.meta["experts"])
+
+    @property
+    def epochs(self) -> int:
+        """Training epochs per expert (each trajectory holds ``epochs + 1`` snapshots)."""
+        return int(self.meta["training"]["epochs"])
+
+    @property
+    def arch(self) -> str:
+        return self.meta["arch"]
+
+    @property
+    def dataset_meta(self) -> dict:
+        return self.meta["dataset"]
+
+    @property
+    def expert_lr(self) -> float:
+        return float(self.meta["training"]["lr"])
+
+    def build_network(self) -> torch.nn.Module:
+        """A fresh instance of the architecture the experts were trained with."""
+        m = self.meta
+        net = get_network(m["arch"], m["channels"], len(m["classes"]), m["res"], width=m["width"], depth=m["depth"])
+        if FlatParams.of(net) != self.layout:
+            raise UserError(f"--buffer {self.path}: its parameter layout does not match the network {m['arch']} builds here")
+        return net
+
+    def snapshots(self, expert: int, epochs: list[int]) -> list[torch.Tensor]:
+        """Flat parameters ``[P]`` of ``expert`` after each epoch in ``epochs`` (0 = init)."""
+        f = self.path / self.meta["experts"][expert]["file"]
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                sl = h.get_slice("trajectory")
+                shape = sl.get_shape()
+                if shape[1] != self.epochs + 1 or shape[2] != self.layout.size:
+                    raise UserError(f"shard {f} has shape {shape}, meta.json expects [1, {self.epochs + 1}, {self.layout.size}]")
+                return [sl[0:1, e : e + 1, :].reshape(-1).clone() for e in epochs]
+        except (OSError, ValueError, RuntimeError) as e:
+            raise UserError(f"shard {f} is corrupt: {e}") from None
+
+    def trajectory(self, expert: int) -> torch.Tensor:
+        """The whole trajectory ``[epochs + 1, P]`` of one expert."""
+        return torch.stack(self.snapshots(expert, list(range(self.epochs + 1))))
+
+    def check_epochs(self, expert_epochs: int, max_start_epoch: int) -> None:
+        """Fail clearly unless every start epoch < T+ has a target ``expert_epochs`` later."""
+        if expert_epochs < 1:
+            raise UserError(f"--expert-epochs must be at least 1 (got {expert_epochs})")
+        if max_start_epoch < 1:
+            raise UserError(f"--max-start-epoch must be at least 1 (got {max_start_epoch})")
+        if max_start_epoch - 1 + expert_epochs > self.epochs:
+            raise UserError(
+                f"--expert-epochs {expert_epochs} + --max-start-epoch {max_start_epoch} need "
+                f"{max_start_epoch - 1 + expert_epochs} epochs, but the store {self.path} has {self.epochs}"
+            )
+
+
+def write_shard(store_dir: Path, k: int, trajectory: torch.Tensor, meta: dict, record: dict) -> None:
+    """Write expert ``k``'s trajectory ``[E+1, P]``, then list it in ``meta.json``."""
+    save_tensors(store_dir / shard_name(k), {"trajectory": trajectory.unsqueeze(0).float()})
+    meta["experts"].append({"file": shard_name(k), **record})
+    write_json(store_dir / "meta.json", meta)

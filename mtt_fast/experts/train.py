@@ -1,0 +1,148 @@
+"""Expert training: train K networks on the real data and record their trajectories.
+
+As the MTT reference's ``buffer.py``: SGD (lr 0.01, no momentum, no weight decay), batch 256,
+DSA on every batch, a snapshot of all parameters at initialization and after every epoch.
+Snapshots are copies (``FlatParams.flatten`` concatenates into a new tensor), never views of
+the live parameters the optimizer updates in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from mtt_fast.augment import DSAConfig, augment
+from mtt_fast.errors import UserError
+from mtt_fast.evaluate.metrics import compute_metrics, predict_proba
+from mtt_fast.experts.store import STORE_FORMAT, STORE_VERSION, write_shard
+from mtt_fast.io import read_json
+from mtt_fast.models import FlatParams, get_network
+
+
+@dataclass
+class ExpertConfig:
+    """Settings of expert training (the ``buffer`` command)."""
+
+    arch: str = "convnet"
+    width: int = 128
+    depth: int = 3
+    num_experts: int = 5
+    epochs: int = 50
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    dsa: dict = field(default_factory=lambda: asdict(DSAConfig()))
+    max_train_per_class: int | None = None
+    seed: int = 0
+
+
+def seeded_network(arch: str, channels: int, num_classes: int, res: int, *, width: int, depth: int, seed: int):
+    """A network whose initialization depends only on ``seed`` (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_network(arch, channels, num_classes, res, width=width, depth=depth)
+
+
+def limit_per_class(split, n: int | None, generator: torch.Generator):
+    """A class-stratified random subset of at most ``n`` images per class (None: all)."""
+    if n is None:
+        return split
+    keep = []
+    for c in range(len(split.classes)):
+        idx = split.class_indices(c)
+        keep.append(idx[torch.randperm(len(idx), generator=generator)[:n]])
+    return split.subset(torch.sort(torch.cat(keep)).values)
+
+
+def train_experts(
+    bundle,
+    out: str | Path,
+    cfg: ExpertConfig,
+    *,
+    device: torch.device | str = "cpu",
+    transform=None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train ``cfg.num_experts`` experts into the store at ``out`` (resuming a partial one).
+
+    Args:
+        bundle: the dataset (``mtt_fast.data.DatasetBundle``).
+        out: store directory (its ``config.yaml`` is written by the caller).
+        cfg: training settings.
+        device: where to train.
+        transform: expert-training image augmentation applied to [0,1] batches before
+            normalization (``ExpertTransform``), or None.
+        progress: show progress bars.
+        log: where one-line progress messages go.
+
+    Returns:
+        The store's ``meta.json`` content.
+    """
+    out = Path(out)
+    dsa = DSAConfig.from_dict(cfg.dsa)
+    train = limit_per_class(bundle.split("train"), cfg.max_train_per_class, torch.Generator().manual_seed(cfg.seed))
+    val = bundle.split("val")
+    probe = get_network(cfg.arch, bundle.channels, bundle.num_classes, bundle.res, width=cfg.width, depth=cfg.depth)
+    layout = FlatParams.of(probe)
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        meta = read_json(meta_path, what="trajectory store metadata")
+        if meta.get("params") != layout.to_json():
+            raise UserError(f"--out {out}: existing store has another parameter layout; choose another --out")
+    else:
+        meta = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "dataset": bundle.meta(),
+            "arch": cfg.arch,
+            "width": cfg.width,
+            "depth": cfg.depth,
+            "res": bundle.res,
+            "channels": bundle.channels,
+            "classes": list(bundle.classes),
+            "normalization": {"mean": list(bundle.mean), "std": list(bundle.std)},
+            "params": layout.to_json(),
+            "num_params": layout.size,
+            "training": {**asdict(cfg), "train_images": len(train)},
+            "experts": [],
+        }
+    done = len(meta["experts"])
+    if done:
+        log(f"resuming: {done} of {cfg.num_experts} experts already in {out}")
+    for k in range(done, cfg.num_experts):
+        seed = cfg.seed * 100003 + k
+        gen = torch.Generator().manual_seed(seed)
+        net = seeded_network(cfg.arch, bundle.channels, bundle.num_classes, bundle.res,
+                             width=cfg.width, depth=cfg.depth, seed=seed).to(device)
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        snaps = [layout.flatten(net).cpu()]
+        bar = tqdm(range(cfg.epochs), desc=f"expert {k + 1}/{cfg.num_experts}", disable=not progress, leave=False)
+        losses = []
+        for _ in bar:
+            total, count = 0.0, 0
+            for x, y in train.batches(cfg.batch_size, generator=gen, shuffle=True, device=device, transform=transform):
+                if dsa.enabled:
+                    x, _ = augment(x, dsa, gen)
+                loss = F.cross_entropy(net(x), y)
+                if not torch.isfinite(loss):
+                    raise UserError(f"expert {k} training loss became {loss.item()} (lower --lr, now {cfg.lr})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(y)
+                count += len(y)
+            losses.append(total / max(count, 1))
+            snaps.append(layout.flatten(net).cpu())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        m = compute_metrics(predict_proba(net, val, device), val.labels, bundle.num_classes)
+        record = {"seed": seed, "train_loss": losses, "val_accuracy": m["accuracy"], "val_auc": m["auc"]}
+        write_shard(out, k, torch.stack(snaps), meta, record)
+        log(f"expert {k + 1}/{cfg.num_experts}: val accuracy {m['accuracy']:.2f}%  (train loss {losses[-1]:.3f})")
+    return meta
