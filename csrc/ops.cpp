@@ -1,0 +1,61 @@
+// mtt_fast's compiled core: every operator schema, in one TORCH_LIBRARY block.
+//
+// Kernels are registered per dispatch key beside each op family
+// (csrc/<family>/<family>_cpu.cpp: CPU, csrc/<family>/<family>_cuda.cu: CUDA). Fake
+// (meta) kernels and autograd formulas are registered from Python in mtt_fast/ops, which
+// also holds the pure-PyTorch reference of every op (the spec).
+//
+// Importing the Python module mtt_fast._C (an empty module, see PyInit__C below) loads
+// this shared library, which runs the registrations; the ops then live in
+// torch.ops.mtt_fast.
+#include <Python.h>
+#include <torch/library.h>
+
+namespace mtt_fast {
+namespace {
+
+// Whether this library was compiled with its CUDA kernels (setup.py passes -DWITH_CUDA
+// to the C++ and CUDA compilers of a CUDAExtension build). True does not mean a GPU is
+// present: a CUDA build loads and runs its CPU kernels on machines without one.
+bool built_with_cuda() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(mtt_fast, m) {
+  // ---- build information ----------------------------------------------------------
+  m.def("built_with_cuda() -> bool", &built_with_cuda);
+
+  // ---- traj_loss: L = ||student - target||^2 / ||start - target||^2 (csrc/traj_loss) --
+  // student, target, start: 1-D, same length, dtype (float32 | float64), device,
+  // contiguous. Returns a 0-dim tensor of the inputs' dtype.
+  m.def("traj_loss(Tensor student, Tensor target, Tensor start) -> Tensor");
+  // grad: the 0-dim upstream gradient dOut/dL. Returns (dOut/dstudent, dOut/dtarget,
+  // dOut/dstart), each shaped like the inputs. Recomputes both sums (one fused pass).
+  m.def(
+      "traj_loss_backward(Tensor grad, Tensor student, Tensor target, Tensor start)"
+      " -> (Tensor, Tensor, Tensor)");
+}
+
+}  // namespace mtt_fast
+
+// A Python extension module with no methods: `import mtt_fast._C` only loads the library
+// so the TORCH_LIBRARY registrations above run (as pytorch/extension-cpp does). Plain
+// CPython API, no pybind11, so this file compiles quickly.
+extern "C" {
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",  /* name */
+      "mtt_fast's compiled core; the ops are in torch.ops.mtt_fast", /* doc */
+      -1,    /* size */
+      NULL,  /* methods */
+  };
+  return PyModule_Create(&module_def);
+}
+}

@@ -1,0 +1,108 @@
+"""Applying sampled DSA parameters to a batch: ``apply`` and ``augment``.
+
+``apply(x, params)`` is a pure function of ``x`` and the parameter tensors: the same
+``params`` applied to two batches of the same shape transform them identically (the
+"Siamese" in DSA), and applying them again replays the call bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtt_fast.augment.config import DSAConfig
+from mtt_fast.augment.functional import (
+    apply_color,
+    apply_crop,
+    apply_cutout,
+    apply_flip,
+    apply_noise,
+    apply_rotate,
+    apply_scale,
+)
+from mtt_fast.augment.sampling import AugParams, sample_params
+from mtt_fast.errors import UserError
+
+__all__ = ["IMPLS", "FusedDSAUnavailable", "apply", "apply_reference", "augment"]
+
+#: Accepted values of ``impl``.
+IMPLS = ("reference", "auto", "fused")
+
+
+class FusedDSAUnavailable(UserError, NotImplementedError):
+    """``impl="fused"`` was asked for, but the fused DSA op is not built yet."""
+
+
+def _apply_group(x: Tensor, op: str, p: AugParams) -> Tensor:
+    if op == "color":
+        return apply_color(x, p.brightness, p.saturation, p.contrast)
+    if op == "crop":
+        return apply_crop(x, p.crop_shift)
+    if op == "cutout":
+        return apply_cutout(x, p.cutout_center, p.cutout_size)
+    if op == "flip":
+        return apply_flip(x, p.flip)
+    if op == "scale":
+        return apply_scale(x, p.theta_scale)
+    if op == "rotate":
+        return apply_rotate(x, p.theta_rot)
+    if op == "noise":
+        return apply_noise(x, p.noise)
+    raise ValueError(f"unknown DSA op {op!r} in AugParams.ops")
+
+
+def apply_reference(x: Tensor, params: AugParams) -> Tensor:
+    """The pure-PyTorch DSA: each group of ``params.ops`` in order (see :mod:`.functional`)."""
+    for op in params.ops:
+        x = _apply_group(x, op, params)
+    return x
+
+
+def apply(x: Tensor, params: AugParams, impl: str = "reference") -> Tensor:
+    """Apply sampled DSA parameters to images.
+
+    Differentiable (and twice differentiable) in ``x``; draws no random numbers.
+
+    Args:
+        x: images ``[B, C, H, W]``, a floating dtype, the shape ``params`` was drawn for.
+        params: from :func:`sample_params`; moved to ``x``'s device and dtype as needed.
+        impl: ``"reference"`` (pure PyTorch), ``"auto"`` (the fastest available; the
+            reference for now) or ``"fused"`` (the compiled op; not built yet).
+
+    Returns:
+        The augmented images, same shape and dtype as ``x``.
+
+    Raises:
+        UserError: unknown ``impl``; :class:`FusedDSAUnavailable` for ``"fused"``.
+        ValueError: ``x`` does not have the shape the parameters were drawn for.
+    """
+    if impl not in IMPLS:
+        raise UserError(f"DSA impl must be one of {', '.join(IMPLS)} (got {impl!r})")
+    if impl == "fused":
+        raise FusedDSAUnavailable(
+            "DSA impl 'fused' is not available: the fused DSA op is not built yet; "
+            "use impl 'reference' or 'auto'"
+        )
+    if x.dim() != 4:
+        raise ValueError(f"DSA expects images [B, C, H, W], got shape {tuple(x.shape)}")
+    if tuple(x.shape) != tuple(params.shape):
+        raise ValueError(
+            f"DSA params were drawn for shape {tuple(params.shape)}, got images of shape "
+            f"{tuple(x.shape)}"
+        )
+    if not params.ops:
+        return x
+    return apply_reference(x, params)
+
+
+def augment(
+    x: Tensor, cfg: DSAConfig, generator: torch.Generator, impl: str = "reference"
+) -> tuple[Tensor, AugParams]:
+    """Sample parameters for ``x`` and apply them; returns ``(y, params)``.
+
+    Keep ``params`` to apply the same augmentation to another batch (Siamese) or to replay
+    this call (e.g. the adjoint engine's recomputation).
+    """
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    params = sample_params(cfg, tuple(x.shape), generator, device=x.device, dtype=dtype)
+    return apply(x, params, impl=impl), params

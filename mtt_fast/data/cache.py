@@ -1,0 +1,170 @@
+"""The on-disk uint8 image cache of file datasets.
+
+Every image file is decoded and resized once, into ``<cache_dir>/<name>-r<res>-c<C>-<key>.npy``
+(a plain .npy of uint8 [N, C, res, res], read back with ``np.load(mmap_mode="r")``, so a
+200k-patch dataset never sits in RAM). The key hashes the sorted relative file list with
+sizes and mtimes, the resolution and the channel count: any change rebuilds. The build
+writes a temporary file and renames it into place, so an interrupted build never leaves a
+file under the final name; a final file of the wrong shape or size is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+
+from mtt_fast.data import imageio
+from mtt_fast.errors import UserError
+
+CACHE_VERSION = 1
+#: below this many images the cache is built in-process (a pool costs seconds to start)
+POOL_MIN_IMAGES = 2048
+CHUNK = 64
+
+
+def default_cache_dir() -> str:
+    """$MTT_FAST_CACHE, else ~/.cache/mtt-fast."""
+    return os.environ.get("MTT_FAST_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "mtt-fast"
+    )
+
+
+def cache_key(
+    files: Sequence[str], file_stats: Sequence[tuple[int, int]], res: int, channels: int
+) -> str:
+    """Hex digest identifying (file list, sizes, mtimes, res, channels)."""
+    h = hashlib.sha256()
+    h.update(
+        f"mtt-fast-cache v{CACHE_VERSION} res={res} channels={channels} n={len(files)}\n".encode()
+    )
+    for f, (size, mtime) in zip(files, file_stats):
+        h.update(f"{f}\t{size}\t{mtime}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def cache_path(cache_dir: str, name: str, res: int, channels: int, key: str) -> str:
+    """Path of the cache file for a dataset at a resolution."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+    return os.path.join(cache_dir, f"{safe}-r{res}-c{channels}-{key}.npy")
+
+
+def _open_existing(path: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    if not os.path.isfile(path):
+        return None
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    if arr.dtype != np.uint8 or tuple(arr.shape) != shape:
+        return None
+    return arr
+
+
+def _decode_into(
+    out: np.ndarray,
+    paths: list[str],
+    res: int,
+    channels: int,
+    workers: int,
+    progress: bool,
+    desc: str,
+) -> None:
+    from tqdm.auto import tqdm
+
+    n = len(paths)
+    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        if workers <= 1:
+            for i, p in enumerate(paths):
+                out[i] = imageio.decode_image(p, res, channels)
+                bar.update(1)
+            return
+        import multiprocessing as mp
+
+        # spawn, not fork: the parent holds torch's thread pools, which fork can deadlock.
+        ctx = mp.get_context("spawn")
+        jobs = [(s, paths[s : s + CHUNK], res, channels) for s in range(0, n, CHUNK)]
+        with ctx.Pool(workers) as pool:
+            for start, result in pool.imap_unordered(imageio._decode_chunk, jobs):
+                if isinstance(result, str):
+                    pool.terminate()
+                    raise UserError(result)
+                out[start : start + len(result)] = result
+                bar.update(len(result))
+    finally:
+        bar.close()
+
+
+def load_or_build(
+    root: str,
+    files: Sequence[str],
+    file_stats: Sequence[tuple[int, int]],
+    res: int,
+    channels: int,
+    *,
+    name: str,
+    cache_dir: str | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, str]:
+    """Return the read-only uint8 memmap [N, C, res, res] of `files`, building it if needed.
+
+    Args:
+        root: directory the relative `files` are under.
+        files, file_stats: the sorted relative paths and their (size, mtime_ns).
+        res, channels: output size and channel count.
+        name: dataset name (part of the cache file name).
+        cache_dir: where caches live (default `default_cache_dir()`).
+        workers: decoding processes; None = up to 8 for large datasets, else in-process.
+        progress: show a tqdm bar while building.
+
+    Returns:
+        (array, path of the cache file)
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    key = cache_key(files, file_stats, res, channels)
+    path = cache_path(cache_dir, name, res, channels, key)
+    shape = (len(files), channels, res, res)
+    arr = _open_existing(path, shape)
+    if arr is not None:
+        return arr, path
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create cache directory {cache_dir}: {exc}") from None
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1) if len(files) >= POOL_MIN_IMAGES else 0
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=cache_dir)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a cache may be shared
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        paths = [os.path.join(root, f) for f in files]
+        _decode_into(out, paths, res, channels, workers, progress, f"caching {name} @{res}px")
+        out.flush()
+        del out
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    side = f"{path}.json.{os.getpid()}.tmp"
+    with open(side, "w") as f:
+        json.dump(
+            {"root": root, "name": name, "res": res, "channels": channels, "n": len(files)}, f
+        )
+    os.replace(side, path + ".json")
+    arr = _open_existing(path, shape)
+    assert arr is not None, f"cache {path} unreadable right after writing it"
+    return arr, path
