@@ -193,6 +193,7 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @click.option("--eval-it", type=int, default=100, show_default=True, help="Evaluate on the validation split every this many iterations.")
 @click.option("--eval-epochs", type=int, default=300, show_default=True, help="Epochs of each validation evaluation.")
 @click.option("--eval-repeats", type=int, default=1, show_default=True)
+@click.option("--checkpoint-it", type=int, default=10, show_default=True, help="Save resumable state every this many iterations.")
 @dsa_options
 @click.option("--data-root", default=None, help="Where the dataset lives now, if it moved since `buffer`.")
 @click.option("--out", required=True, help="Run directory to write.")
@@ -200,7 +201,7 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @common_options
 @user_errors
 def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, iterations, engine, lr_img, lr_lr,
-            lr_teacher, batch_syn, pix_init, eval_it, eval_epochs, eval_repeats, dsa_strategy, dsa_mode, data_root,
+            lr_teacher, batch_syn, pix_init, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy, dsa_mode, data_root,
             out, overwrite, seed, device, progress):
     """Distill a synthetic set from a trajectory store."""
     from mtt_fast.distill import DistillConfig, MTTDistiller, distill_random
@@ -208,7 +209,8 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
     from mtt_fast.rundir import mark_complete, prepare_out
 
     dev = resolve_device(device)
-    for name, v in (("--ipc", ipc), ("--syn-steps", syn_steps), ("--iterations", iterations), ("--eval-it", eval_it)):
+    for name, v in (("--ipc", ipc), ("--syn-steps", syn_steps), ("--iterations", iterations), ("--eval-it", eval_it),
+                    ("--checkpoint-it", checkpoint_it), ("--eval-epochs", eval_epochs), ("--eval-repeats", eval_repeats)):
         if v < 1:
             raise UserError(f"{name} must be at least 1 (got {v})")
     store = TrajectoryStore.open(buffer_dir)
@@ -216,7 +218,7 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
                         max_start_epoch=max_start_epoch, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr,
                         lr_teacher=lr_teacher, batch_syn=batch_syn, pix_init=pix_init, engine=engine,
                         dsa=dsa_dict(dsa_strategy, dsa_mode), eval_it=eval_it, eval_epochs=eval_epochs,
-                        eval_repeats=eval_repeats, seed=seed)
+                        eval_repeats=eval_repeats, checkpoint_it=checkpoint_it, seed=seed)
     if method == "mtt":
         store.check_epochs(expert_epochs, max_start_epoch)
     out = out_path(out)

@@ -28,12 +28,12 @@ from mtt_fast.synth import Synset
 
 # The demo's budget, chosen so the whole run fits in about 10 minutes on 2 CPU cores.
 DEMO = {
-    "res": 28,
-    "experts": dict(arch="convnet", width=32, depth=3, num_experts=4, epochs=4, lr=0.01, batch_size=256,
+    "res": 16,
+    "experts": dict(arch="convnet", width=32, depth=3, num_experts=3, epochs=4, lr=0.01, batch_size=256,
                     max_train_per_class=1000),
     "distill": {
-        1: dict(syn_steps=20, expert_epochs=2, max_start_epoch=2, iterations=200, lr_img=100.0, lr_lr=1e-5),
-        10: dict(syn_steps=10, expert_epochs=2, max_start_epoch=2, iterations=200, lr_img=100.0, lr_lr=1e-5),
+        1: dict(syn_steps=20, expert_epochs=2, max_start_epoch=2, iterations=300, lr_img=1000.0, lr_lr=1e-5),
+        10: dict(syn_steps=10, expert_epochs=2, max_start_epoch=2, iterations=300, lr_img=1000.0, lr_lr=1e-5),
     },
     "distill_eval": dict(eval_it=100, eval_epochs=150, eval_repeats=1),
     "eval": dict(epochs=300, repeats=3),

@@ -59,8 +59,8 @@ class DistillConfig:
 
 
 def _metrics_upto(path: Path, iteration: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from."""
-    keep = [r for r in read_jsonl(path) if r.get("iteration", -1) <= iteration]
+    """Drop metric lines of iterations at or after the checkpoint we resume from (they rerun)."""
+    keep = [r for r in read_jsonl(path) if r.get("iteration", -1) < iteration]
     write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
@@ -149,10 +149,19 @@ class MTTDistiller:
 
     def evaluate_val(self) -> dict:
         """Train ``eval_repeats`` backbone networks on the current synset; score on val."""
-        res = evaluate_arch(self.store.arch, self.images.detach(), self.labels, self.val,
-                            lr=float(self.syn_lr.item()), cfg=self.eval_cfg, repeats=self.cfg.eval_repeats,
-                            seed=self.cfg.seed + 1000 + self.iteration, device=self.device)
-        return res
+        try:
+            return evaluate_arch(self.store.arch, self.images.detach(), self.labels, self.val,
+                                 lr=float(self.syn_lr.item()), cfg=self.eval_cfg, repeats=self.cfg.eval_repeats,
+                                 seed=self.cfg.seed + 1000 + self.iteration, device=self.device)
+        except UserError:
+            raise self._diverged(f"training on the synset diverged at iteration {self.iteration} "
+                                 f"(syn_lr {self.syn_lr.item():.4g})") from None
+
+    def _diverged(self, what: str) -> UserError:
+        return UserError(
+            f"{what}; lower --lr-img (now {self.cfg.lr_img:g}) or --lr-lr (now {self.cfg.lr_lr:g}); "
+            f"the best synset so far is kept in {self.out / 'synset'}"
+        )
 
     def step(self) -> dict:
         """One distillation iteration; returns its metrics line."""
@@ -168,15 +177,14 @@ class MTTDistiller:
         res = self.engine(self.student, start, target, self.images, self.labels, self.syn_lr, plan)
         loss = float(res.loss)
         if not math.isfinite(loss) or not torch.isfinite(res.grad_images).all() or not math.isfinite(float(res.grad_lr)):
-            raise UserError(
-                f"the matching loss became {loss} at iteration {self.iteration}; lower --lr-img "
-                f"(now {cfg.lr_img:g}) or --lr-lr (now {cfg.lr_lr:g}); the best synset so far is kept in {self.out / 'synset'}"
-            )
+            raise self._diverged(f"the matching loss became {loss} at iteration {self.iteration}")
         self.images.grad = res.grad_images.to(self.images.dtype)
         self.syn_lr.grad = res.grad_lr.reshape(()).to(self.syn_lr.dtype)
         self.opt_img.step()
         self.opt_lr.step()
         self.images.grad = self.syn_lr.grad = None
+        if not torch.isfinite(self.images).all() or not math.isfinite(self.syn_lr.item()):
+            raise self._diverged(f"the synthetic images or syn_lr became NaN/inf at iteration {self.iteration}")
         rec = {"iteration": self.iteration, "loss": loss, "syn_lr": float(self.syn_lr.item()),
                "expert": k, "start_epoch": start_epoch, "seconds": time.perf_counter() - t0}
         if self.device.type == "cuda":
