@@ -8,9 +8,16 @@ from pathlib import Path
 
 import click
 import torch
+from mtt_fast.cli.common import (
+    common_options,
+    echo,
+    out_path,
+    parse_kv,
+    resolve_device,
+    user_errors,
+)
 
 import mtt_fast
-from mtt_fast.cli.common import common_options, echo, out_path, parse_kv, resolve_device, user_errors
 from mtt_fast.augment import DSAConfig
 from mtt_fast.errors import UserError
 

@@ -10,9 +10,9 @@ killed demo resumes where it stopped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -29,8 +29,7 @@ from mtt_fast.synth import Synset
 # The demo's budget, chosen so the whole run fits in about 10 minutes on 2 CPU cores.
 DEMO = {
     "res": 16,
-    "experts": dict(arch="convnet", width=32, depth=3, num_experts=3, epochs=4, lr=0.01, batch_size=256,
-                    max_train_per_class=1000),
+    "experts": dict(arch="convnet", width=32, depth=3, num_experts=3, epochs=3, lr=0.03, batch_size=256),
     "distill": {
         1: dict(syn_steps=20, expert_epochs=2, max_start_epoch=2, iterations=300, lr_img=1000.0, lr_lr=1e-5),
         10: dict(syn_steps=10, expert_epochs=2, max_start_epoch=2, iterations=300, lr_img=1000.0, lr_lr=1e-5),
@@ -56,8 +55,9 @@ def run_demo(out: Path, *, data_root: str | None = None, overwrite: bool = False
     # 1. experts
     ecfg = ExpertConfig(**s["experts"], dsa=dsa, seed=seed)
     buf = out / "buffer"
+    per_class = ecfg.max_train_per_class or "all"
     log(f"[1/3] training {ecfg.num_experts} experts ({ecfg.arch} width {ecfg.width}, {ecfg.epochs} epochs, "
-        f"{ecfg.max_train_per_class} images per class) into {buf}")
+        f"{per_class} training images per class, {s['res']} px) into {buf}")
     if prepare_out(buf, {"command": "buffer", "dataset": bundle.meta(), **asdict(ecfg)}) != "complete":
         bundle.write_split(buf / "split.json")
         train_experts(bundle, buf, ecfg, device=device, progress=progress, log=log)

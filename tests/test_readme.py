@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _quick_start_commands() -> list[str]:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    return [c.strip() for c in re.findall(r"```(?:bash|sh)?\n(.*?)```", section, flags=re.S)]
+    return [c.strip() for c in re.findall(r"```(?:bash|sh)?\n(.*?)```", section, flags=re.DOTALL)]
 
 
 def test_quick_start_has_two_commands_and_ci_runs_the_test_one():

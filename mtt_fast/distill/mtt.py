@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -28,7 +28,15 @@ from mtt_fast.errors import UserError
 from mtt_fast.evaluate.metrics import headline_metric
 from mtt_fast.evaluate.protocol import EvalConfig, evaluate_arch
 from mtt_fast.experts.store import TrajectoryStore
-from mtt_fast.io import append_jsonl, load_tensors, read_json, read_jsonl, save_tensors, write_json, write_text
+from mtt_fast.io import (
+    append_jsonl,
+    load_tensors,
+    read_json,
+    read_jsonl,
+    save_tensors,
+    write_json,
+    write_text,
+)
 from mtt_fast.match import ENGINES, Student, plan_steps
 from mtt_fast.synth import Synset, init_noise, init_real
 

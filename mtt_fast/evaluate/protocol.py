@@ -43,7 +43,7 @@ class EvalConfig:
 
 def lr_at(step: int, total: int, base: float, warmup_fraction: float) -> float:
     """Linear warm-up to ``base`` over ``warmup_fraction`` of the steps, then cosine to 0."""
-    warm = int(round(total * warmup_fraction))
+    warm = round(total * warmup_fraction)
     if step < warm:
         return base * (step + 1) / warm
     rest = max(1, total - warm)

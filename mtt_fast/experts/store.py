@@ -44,7 +44,7 @@ class TrajectoryStore:
     meta: dict
 
     @classmethod
-    def open(cls, path: str | Path) -> "TrajectoryStore":
+    def open(cls, path: str | Path) -> TrajectoryStore:
         """Open a store, checking it is one and that its shards exist."""
         path = Path(path)
         if not path.is_dir():

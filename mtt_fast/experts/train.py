@@ -8,9 +8,9 @@ the live parameters the optimizer updates in place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.nn import functional as F

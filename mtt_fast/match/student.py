@@ -28,7 +28,7 @@ class Student:
     aug_impl: str = "auto"
 
     @classmethod
-    def of(cls, module: nn.Module, aug_impl: str = "auto") -> "Student":
+    def of(cls, module: nn.Module, aug_impl: str = "auto") -> Student:
         return cls(module, FlatParams.of(module), aug_impl)
 
     def __call__(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

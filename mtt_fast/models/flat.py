@@ -28,7 +28,7 @@ class FlatParams:
     shapes: tuple[tuple[int, ...], ...]
 
     @classmethod
-    def of(cls, module: nn.Module) -> "FlatParams":
+    def of(cls, module: nn.Module) -> FlatParams:
         named = list(module.named_parameters())
         return cls(tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
 
@@ -62,7 +62,7 @@ class FlatParams:
         return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
 
     @classmethod
-    def from_json(cls, d: dict) -> "FlatParams":
+    def from_json(cls, d: dict) -> FlatParams:
         return cls(tuple(d["names"]), tuple(tuple(s) for s in d["shapes"]))
 
 

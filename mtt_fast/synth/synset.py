@@ -50,7 +50,7 @@ class Synset:
                   num_classes=len(self.meta["classes"]))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Synset":
+    def load(cls, path: str | Path) -> Synset:
         """Load a synset from its directory (or from a distill run dir holding ``synset/``)."""
         path = Path(path)
         if (path / "synset" / "synset.safetensors").is_file():
@@ -86,7 +86,7 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, normalization: dict, p
               *, num_classes: int, max_per_class: int = 10, pad: int = 2) -> None:
     """One row per class, up to ``max_per_class`` images each, as a PNG."""
     pics = to_pictures(images, normalization)
-    n, c, h, w = pics.shape
+    _, c, h, w = pics.shape
     cols = max(1, min(max_per_class, max((int((labels == k).sum()) for k in range(num_classes)), default=1)))
     scale = max(1, math.ceil(64 / max(h, w)))
     H, W = h * scale, w * scale

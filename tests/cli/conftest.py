@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-
 from mtt_fast.cli.main import main
+
 from tests.fixtures.datasets import make_crc
 
 TINY = ["--res", "16", "--arch", "convnet", "--width", "8", "--depth", "2", "--batch-size", "8", "--no-progress"]

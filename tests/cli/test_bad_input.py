@@ -1,7 +1,5 @@
 """Every user mistake: one line naming the file or option, exit status 2, nothing overwritten."""
 
-import json
-import shutil
 
 import pytest
 

@@ -88,10 +88,10 @@ def test_distill_resumes_after_a_kill_and_matches_an_uninterrupted_run(store, tm
 
 
 def test_buffer_resumes_after_last_finished_expert(store, crc_root, tmp_path):
-    from tests.cli.conftest import TINY
-
     # a copy of the finished store whose second expert "was killed": drop it from meta.json
     import shutil
+
+    from tests.cli.conftest import TINY
 
     out = tmp_path / "buf"
     shutil.copytree(store, out)
