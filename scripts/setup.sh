@@ -26,7 +26,7 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first: the extension is compiled against the torch in the venv (no build isolation).
-.venv/bin/python -m pip install -q "$TORCH_SPEC" ninja "setuptools>=64" wheel
+.venv/bin/python -m pip install -q "$TORCH_SPEC" numpy ninja "setuptools>=77" wheel
 echo "setup: building mtt-fast and its compiled core (a few minutes the first time)"
 .venv/bin/python -m pip install -q --no-build-isolation -e '.[test]'
 .venv/bin/mtt-fast info
