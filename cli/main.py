@@ -190,8 +190,12 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @click.option("--expert-epochs", type=int, default=2, show_default=True, help="M: expert epochs to match.")
 @click.option("--max-start-epoch", type=int, default=20, show_default=True, help="T+: start epochs drawn from [0, T+).")
 @click.option("--iterations", type=int, default=5000, show_default=True)
-@click.option("--engine", type=click.Choice(["full"]), default="full", show_default=True,
-              help="Matching engine (full: autograd through the unroll).")
+@click.option("--engine", type=click.Choice(["adjoint", "full", "tesla"]), default="adjoint", show_default=True,
+              help="Matching engine. adjoint: exact gradients, activation memory of one student step; "
+                   "full: autograd through the whole unroll (exact, memory grows with N); "
+                   "tesla: TESLA's per-step approximation (not exact for N > 1; for comparison).")
+@click.option("--offload-history", is_flag=True,
+              help="adjoint/tesla: keep the N parameter snapshots in host memory instead of on the GPU.")
 @click.option("--lr-img", type=float, default=1000.0, show_default=True, help="SGD learning rate of the pixels.")
 @click.option("--lr-lr", type=float, default=1e-5, show_default=True, help="SGD learning rate of syn_lr.")
 @click.option("--lr-teacher", type=float, default=None, help="Initial syn_lr (default: the experts' lr).")
@@ -207,7 +211,7 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @common_options
 @user_errors
-def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, iterations, engine, lr_img, lr_lr,
+def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, iterations, engine, offload_history, lr_img, lr_lr,
             lr_teacher, batch_syn, pix_init, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy, dsa_mode, data_root,
             out, overwrite, seed, device, progress):
     """Distill a synthetic set from a trajectory store."""
@@ -224,6 +228,7 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
     cfg = DistillConfig(method=method, ipc=ipc, syn_steps=syn_steps, expert_epochs=expert_epochs,
                         max_start_epoch=max_start_epoch, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr,
                         lr_teacher=lr_teacher, batch_syn=batch_syn, pix_init=pix_init, engine=engine,
+                        offload_history=offload_history,
                         dsa=dsa_dict(dsa_strategy, dsa_mode), eval_it=eval_it, eval_epochs=eval_epochs,
                         eval_repeats=eval_repeats, checkpoint_it=checkpoint_it, seed=seed)
     if method == "mtt":

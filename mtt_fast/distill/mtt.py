@@ -13,6 +13,7 @@ The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoint.safeten
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -38,6 +39,7 @@ from mtt_fast.io import (
     write_text,
 )
 from mtt_fast.match import ENGINES, Student, plan_steps
+from mtt_fast.memory import format_peak_memory, peak_memory
 from mtt_fast.synth import Synset, init_noise, init_real
 
 
@@ -57,7 +59,8 @@ class DistillConfig:
     momentum: float = 0.5
     batch_syn: int | None = None
     pix_init: str = "real"
-    engine: str = "full"
+    engine: str = "adjoint"
+    offload_history: bool = False
     dsa: dict = field(default_factory=lambda: asdict(DSAConfig()))
     eval_it: int = 100
     eval_epochs: int = 300
@@ -83,6 +86,10 @@ class MTTDistiller:
             raise UserError(f"--engine {cfg.engine}: available engines are {', '.join(ENGINES)}")
         store.check_epochs(cfg.expert_epochs, cfg.max_start_epoch)
         self.engine = ENGINES[cfg.engine]
+        if cfg.offload_history:
+            if cfg.engine == "full":
+                raise UserError("--offload-history needs --engine adjoint or tesla (full keeps no history)")
+            self.engine = functools.partial(self.engine, offload=True)
         self.student = Student.of(store.build_network().to(self.device))
         self.dsa = DSAConfig.from_dict(cfg.dsa)
         self.metric = headline_metric(bundle.num_classes)
@@ -195,8 +202,7 @@ class MTTDistiller:
             raise self._diverged(f"the synthetic images or syn_lr became NaN/inf at iteration {self.iteration}")
         rec = {"iteration": self.iteration, "loss": loss, "syn_lr": float(self.syn_lr.item()),
                "expert": k, "start_epoch": start_epoch, "seconds": time.perf_counter() - t0}
-        if self.device.type == "cuda":
-            rec["peak_mem_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        rec.update(peak_memory(self.device))
         return rec
 
     def run(self) -> dict:
@@ -210,6 +216,7 @@ class MTTDistiller:
         self.log(f"distilling: method {cfg.method}, engine {cfg.engine}, ipc {cfg.ipc}, N={cfg.syn_steps}, "
                  f"M={cfg.expert_epochs}, T+={cfg.max_start_epoch}, device {self.device}")
         bar = tqdm(total=cfg.iterations, initial=self.iteration, desc="distill", disable=not self.progress)
+        first = self.iteration
         while True:
             it = self.iteration
             if it % cfg.eval_it == 0 or it == cfg.iterations:
@@ -224,9 +231,12 @@ class MTTDistiller:
                 break
             rec = self.step()
             append_jsonl(metrics, rec)
+            if self.iteration == first:
+                self.log(f"iteration {rec['iteration']}: engine {cfg.engine}, {rec['seconds']:.2f} s, "
+                         f"{format_peak_memory(rec)}")
             self.iteration += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", syn_lr=f"{rec['syn_lr']:.4g}")
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", syn_lr=f"{rec['syn_lr']:.4g}", mem=format_peak_memory(rec, short=True))
             if self.iteration % cfg.checkpoint_it == 0 or self.iteration % cfg.eval_it == 0:
                 self._save_checkpoint()
         bar.close()

@@ -38,7 +38,7 @@ def test_pg_wrong_csv_columns(tmp_path):
 
 def test_pg_corrupt_image(tmp_path):
     root = make_pg(tmp_path / "pg", slides_per_class=2, patches_per_slide=1, size=64)
-    bad = sorted((root / "patches_captions").iterdir())[0]
+    bad = min((root / "patches_captions").iterdir())
     bad.write_bytes(b"not a jpeg")
     r = run("data", "stats", "--dataset", "pg", "--data-root", root, "--res", "16", "--cache-dir", tmp_path / "c",
             "--no-progress", ok=False)
@@ -120,3 +120,11 @@ def test_missing_gpu(store, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     _error(run("distill", "--buffer", store, "--device", "cuda", "--out", tmp_path / "o", ok=False), "--device")
+
+
+def test_offload_history_needs_a_reverse_engine(store, tmp_path):
+    from tests.cli.test_pipeline import DISTILL
+
+    r = run("distill", "--buffer", store, *DISTILL, "--engine", "full", "--offload-history", "--out", tmp_path / "o",
+            ok=False)
+    _error(r, "--offload-history", "adjoint")
