@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--steps", default=None, help="comma list overriding each setting's N values")
     ap.add_argument("--tesla-steps", default="20", help="N values at which tesla runs (it is approximate)")
     ap.add_argument("--iters", type=int, default=3, help="iterations per child; the first is a warm-up when >1")
+    ap.add_argument("--iters-large", type=int, default=None,
+                    help="iterations per child for N > 20 (default: --iters); 1 = a single timed iteration")
     ap.add_argument("--mem-limit-gib", type=float, default=None, help="skip full where predicted above (CPU)")
     ap.add_argument("--bisect", action="store_true", help="also find the largest ipc within --budget-gib at N=80")
     ap.add_argument("--budget-gib", type=float, default=20.0)
@@ -199,7 +201,8 @@ def main() -> None:
                         print(row, flush=True)
                         continue
                 spec = {"device": args.device, "engine": engine, "steps": n, "channels": st["channels"],
-                        "res": st["res"], "ipc": 10, "batch_syn": 100, "iters": args.iters, "aug_impl": args.aug_impl}
+                        "res": st["res"], "ipc": 10, "batch_syn": 100, "aug_impl": args.aug_impl,
+                        "iters": args.iters if n <= 20 or args.iters_large is None else args.iters_large}
                 r = _run_child(spec)
                 row.update(r)
                 if "peak_mib" in r:
@@ -255,7 +258,7 @@ def main() -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(
         {"benchmark": "engines", "device": dev_name, "cpus": os.cpu_count(), "torch": torch.__version__,
          "commit": commit, "extension": extension_info().get("loaded"), "aug_impl": args.aug_impl,
-         "iters": args.iters, "rows": rows, "bisect": bisect}, indent=2) + "\n")
+         "iters": args.iters, "iters_large": args.iters_large, "rows": rows, "bisect": bisect}, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(table + "\n")
     print(f"wrote {RESULTS / (stem + '.json')} and .md")
 

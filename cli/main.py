@@ -53,6 +53,9 @@ def dataset_options(required: bool = True):
 
 
 def dsa_options(f):
+    f = click.option("--dsa-impl", type=click.Choice(["auto", "fused", "reference"]), default="auto", show_default=True,
+                     help="DSA implementation: auto (the fused compiled op where built for the device, else the "
+                          "pure-PyTorch reference), fused (fail if unavailable), reference (for comparison).")(f)
     f = click.option("--dsa-mode", type=click.Choice(["S", "M"]), default="S", show_default=True,
                      help="S: one augmentation group per batch (MTT); M: all groups in turn.")(f)
     f = click.option("--dsa-strategy", default=DEFAULT_DSA, show_default=True,
@@ -147,7 +150,7 @@ def data_stats(dataset, data_root, res, normalization, data_option, cache_dir, s
 @common_options
 @user_errors
 def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch, width, depth, num_experts, epochs, lr,
-           momentum, weight_decay, batch_size, max_train_per_class, jitter, dsa_strategy, dsa_mode, out, overwrite,
+           momentum, weight_decay, batch_size, max_train_per_class, jitter, dsa_strategy, dsa_mode, dsa_impl, out, overwrite,
            seed, device, progress):
     """Train expert networks on the real data and store their trajectories."""
     from mtt_fast.data import ExpertTransform
@@ -164,7 +167,7 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
         jitter = dataset in ("pg", "crc")
     cfg = ExpertConfig(arch=arch, width=width, depth=depth, num_experts=num_experts, epochs=epochs, lr=lr,
                        momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
-                       dsa=dsa_dict(dsa_strategy, dsa_mode), max_train_per_class=max_train_per_class, seed=seed)
+                       dsa=dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl, max_train_per_class=max_train_per_class, seed=seed)
     config = {"command": "buffer", "dataset": bundle.meta(), "jitter": jitter, **asdict(cfg)}
     out = out_path(out)
     state = prepare_out(out, config, overwrite=overwrite)
@@ -212,7 +215,7 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @common_options
 @user_errors
 def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, iterations, engine, offload_history, lr_img, lr_lr,
-            lr_teacher, batch_syn, pix_init, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy, dsa_mode, data_root,
+            lr_teacher, batch_syn, pix_init, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy, dsa_mode, dsa_impl, data_root,
             out, overwrite, seed, device, progress):
     """Distill a synthetic set from a trajectory store."""
     from mtt_fast.distill import DistillConfig, MTTDistiller, distill_random
@@ -229,7 +232,7 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
                         max_start_epoch=max_start_epoch, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr,
                         lr_teacher=lr_teacher, batch_syn=batch_syn, pix_init=pix_init, engine=engine,
                         offload_history=offload_history,
-                        dsa=dsa_dict(dsa_strategy, dsa_mode), eval_it=eval_it, eval_epochs=eval_epochs,
+                        dsa=dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl, eval_it=eval_it, eval_epochs=eval_epochs,
                         eval_repeats=eval_repeats, checkpoint_it=checkpoint_it, seed=seed)
     if method == "mtt":
         store.check_epochs(expert_epochs, max_start_epoch)
@@ -266,7 +269,7 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
 @click.option("--overwrite", is_flag=True, help="Replace existing results in --out.")
 @common_options
 @user_errors
-def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, split, dsa_strategy, dsa_mode, out,
+def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, split, dsa_strategy, dsa_mode, dsa_impl, out,
              overwrite, seed, device, progress):
     """Train networks from scratch on a synset and test them on real data."""
     from mtt_fast.evaluate.protocol import EvalConfig
@@ -283,7 +286,7 @@ def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, spli
         raise UserError("--repeats and --epochs must be at least 1")
     synset = Synset.load(synset_dir)
     m = synset.meta
-    cfg = EvalConfig(epochs=epochs, lr=lr, batch_size=batch_size, dsa=dsa_dict(dsa_strategy, dsa_mode),
+    cfg = EvalConfig(epochs=epochs, lr=lr, batch_size=batch_size, dsa=dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl,
                      width=m.get("width", 128), depth=m.get("depth", 3))
     out = out_path(out)
     config = {"command": "eval", "synset": str(Path(synset_dir).resolve()), "archs": arch_list, "repeats": repeats,

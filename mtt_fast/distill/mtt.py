@@ -62,6 +62,7 @@ class DistillConfig:
     engine: str = "adjoint"
     offload_history: bool = False
     dsa: dict = field(default_factory=lambda: asdict(DSAConfig()))
+    dsa_impl: str = "auto"
     eval_it: int = 100
     eval_epochs: int = 300
     eval_repeats: int = 1
@@ -90,11 +91,11 @@ class MTTDistiller:
             if cfg.engine == "full":
                 raise UserError("--offload-history needs --engine adjoint or tesla (full keeps no history)")
             self.engine = functools.partial(self.engine, offload=True)
-        self.student = Student.of(store.build_network().to(self.device))
+        self.student = Student.of(store.build_network().to(self.device), aug_impl=cfg.dsa_impl)
         self.dsa = DSAConfig.from_dict(cfg.dsa)
         self.metric = headline_metric(bundle.num_classes)
         self.val = bundle.split("val")
-        self.eval_cfg = EvalConfig(epochs=cfg.eval_epochs, dsa=cfg.dsa, width=store.meta["width"], depth=store.meta["depth"])
+        self.eval_cfg = EvalConfig(epochs=cfg.eval_epochs, dsa=cfg.dsa, dsa_impl=cfg.dsa_impl, width=store.meta["width"], depth=store.meta["depth"])
 
     # -- state -------------------------------------------------------------------------
     def _fresh_state(self) -> None:

@@ -37,6 +37,7 @@ class EvalConfig:
     batch_size: int = 256
     ema_decay: float | None = None
     dsa: dict = field(default_factory=lambda: asdict(DSAConfig()))
+    dsa_impl: str = "auto"
     width: int = 128
     depth: int = 3
 
@@ -95,7 +96,7 @@ def train_on_synset(
                 g["lr"] = lr_at(step, total, lr, cfg.warmup_fraction)
             x = x_all[b]
             if dsa.enabled:
-                x, _ = augment(x, dsa, gen)
+                x, _ = augment(x, dsa, gen, impl=cfg.dsa_impl)
             loss = F.cross_entropy(net(x), y_all[b])
             if not torch.isfinite(loss):
                 raise UserError(f"evaluation training of {arch} diverged (loss {loss.item()}); lower --lr (now {lr:g})")

@@ -38,6 +38,7 @@ class ExpertConfig:
     weight_decay: float = 0.0
     batch_size: int = 256
     dsa: dict = field(default_factory=lambda: asdict(DSAConfig()))
+    dsa_impl: str = "auto"
     max_train_per_class: int | None = None
     seed: int = 0
 
@@ -129,7 +130,7 @@ def train_experts(
             total, count = 0.0, 0
             for x, y in train.batches(cfg.batch_size, generator=gen, shuffle=True, device=device, transform=transform):
                 if dsa.enabled:
-                    x, _ = augment(x, dsa, gen)
+                    x, _ = augment(x, dsa, gen, impl=cfg.dsa_impl)
                 loss = F.cross_entropy(net(x), y)
                 if not torch.isfinite(loss):
                     raise UserError(f"expert {k} training loss became {loss.item()} (lower --lr, now {cfg.lr})")
