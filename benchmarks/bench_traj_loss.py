@@ -39,7 +39,7 @@ def main() -> None:
             g = torch.Generator().manual_seed(0)
             a, b, c = (torch.randn(n, generator=g).to(dev) for _ in range(3))
 
-            def run(impl):
+            def run(impl, a=a, b=b, c=c):
                 x = a.clone().requires_grad_(True)
                 trajectory_loss(x, b, c, impl=impl).backward()
 

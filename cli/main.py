@@ -95,10 +95,14 @@ def info() -> None:
     else:
         echo(f"compiled core: NOT loaded ({ext.get('error', 'unknown reason')}); running on the pure-PyTorch reference path")
     echo("trajectory loss: " + ("fused op" if ext.get("loaded") else "reference"))
-    echo("augmentation (DSA): reference (pure PyTorch)")
+    from mtt_fast.ops.dsa import fused_available
+
+    dsa_devs = [d for d in ("cpu", "cuda") if fused_available(d, torch.float32)]
+    echo("augmentation (DSA): " + (f"fused op on {', '.join(dsa_devs)} (float32/float64; else the reference)"
+                                   if dsa_devs else "reference (pure PyTorch)"))
     from mtt_fast.match import ENGINES
 
-    echo(f"matching engines: {', '.join(ENGINES)}")
+    echo(f"matching engines: {', '.join(ENGINES)} (default adjoint)")
     echo(f"CPU threads: {torch.get_num_threads()}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):

@@ -40,6 +40,17 @@ TORCH_LIBRARY(mtt_fast, m) {
   m.def(
       "traj_loss_backward(Tensor grad, Tensor student, Tensor target, Tensor start)"
       " -> (Tensor, Tensor, Tensor)");
+
+  // ---- dsa: fused differentiable Siamese augmentation (csrc/dsa) --------------------
+  // x: images [B, C, H, W], float32 | float64, contiguous. params: [B, 20] of x's dtype,
+  // the packed per-sample parameters (layout in csrc/dsa/dsa.h and mtt_fast/ops/dsa.py:
+  // sampling matrix, color factors, cutout frame and box, noise multiplier). noise: [B, C,
+  // H, W] like x, required when flags has the noise bit. flags: batch-wide switches
+  // (geometry kind, color placement, cutout, noise). Returns y, shaped like x.
+  m.def("dsa_forward(Tensor x, Tensor params, Tensor? noise, int flags) -> Tensor");
+  // The transpose of dsa_forward's linear part (the op is affine in x): grad_x for the
+  // upstream gradient grad_y. Independent of x and of the noise.
+  m.def("dsa_backward(Tensor grad_y, Tensor params, int flags) -> Tensor");
 }
 
 }  // namespace mtt_fast

@@ -20,8 +20,10 @@ from mtt_fast.augment.functional import (
     apply_rotate,
     apply_scale,
 )
+from mtt_fast.augment.fused import apply_fused
 from mtt_fast.augment.sampling import AugParams, sample_params
 from mtt_fast.errors import UserError
+from mtt_fast.ops.dsa import fused_available, unavailable_reason
 
 __all__ = ["IMPLS", "FusedDSAUnavailable", "apply", "apply_reference", "augment"]
 
@@ -30,7 +32,7 @@ IMPLS = ("reference", "auto", "fused")
 
 
 class FusedDSAUnavailable(UserError, NotImplementedError):
-    """``impl="fused"`` was asked for, but the fused DSA op is not built yet."""
+    """``impl="fused"`` was asked for, but the fused DSA op cannot run on these images."""
 
 
 def _apply_group(x: Tensor, op: str, p: AugParams) -> Tensor:
@@ -66,21 +68,26 @@ def apply(x: Tensor, params: AugParams, impl: str = "reference") -> Tensor:
     Args:
         x: images ``[B, C, H, W]``, a floating dtype, the shape ``params`` was drawn for.
         params: from :func:`sample_params`; moved to ``x``'s device and dtype as needed.
-        impl: ``"reference"`` (pure PyTorch), ``"auto"`` (the fastest available; the
-            reference for now) or ``"fused"`` (the compiled op; not built yet).
+        impl: ``"reference"`` (pure PyTorch, :func:`apply_reference`), ``"fused"`` (the
+            compiled one-pass op, :mod:`mtt_fast.augment.fused`) or ``"auto"`` (the fused
+            op when ``mtt_fast._C`` is loaded with a kernel for ``x``'s device and dtype,
+            float32/float64, else the reference). In mode "S" both agree to float
+            rounding; in mode "M" the fused op samples once through the composed
+            geometry (see :mod:`mtt_fast.augment.fused` for the exact differences).
 
     Returns:
         The augmented images, same shape and dtype as ``x``.
 
     Raises:
-        UserError: unknown ``impl``; :class:`FusedDSAUnavailable` for ``"fused"``.
+        UserError: unknown ``impl``; :class:`FusedDSAUnavailable` for ``"fused"`` where
+            the compiled op cannot run (not built, no kernel for the device, dtype).
         ValueError: ``x`` does not have the shape the parameters were drawn for.
     """
     if impl not in IMPLS:
         raise UserError(f"DSA impl must be one of {', '.join(IMPLS)} (got {impl!r})")
-    if impl == "fused":
+    if impl == "fused" and not fused_available(x.device, x.dtype):
         raise FusedDSAUnavailable(
-            "DSA impl 'fused' is not available: the fused DSA op is not built yet; "
+            f"DSA impl 'fused' is not available: {unavailable_reason(x.device, x.dtype)}; "
             "use impl 'reference' or 'auto'"
         )
     if x.dim() != 4:
@@ -92,6 +99,8 @@ def apply(x: Tensor, params: AugParams, impl: str = "reference") -> Tensor:
         )
     if not params.ops:
         return x
+    if impl == "fused" or (impl == "auto" and fused_available(x.device, x.dtype)):
+        return apply_fused(x, params)
     return apply_reference(x, params)
 
 

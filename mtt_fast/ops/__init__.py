@@ -2,14 +2,17 @@
 
 * :func:`trajectory_loss`: MTT's normalized trajectory-matching loss, compiled (CPU and
   CUDA twins in ``csrc/traj_loss``) or pure PyTorch (``impl=``).
+* :mod:`mtt_fast.ops.dsa`: the fused differentiable Siamese augmentation (CPU and CUDA
+  twins in ``csrc/dsa``); use it through ``mtt_fast.augment.apply(..., impl="fused")``.
 * :func:`extension_loaded` / :func:`extension_info`: whether ``mtt_fast._C`` is live,
   and what it holds (``mtt-fast info`` prints this).
 * :mod:`mtt_fast.ops.reference`: the pure-PyTorch reference of every op (the spec).
 
 The ops themselves live in ``torch.ops.mtt_fast`` once ``mtt_fast._C`` is loaded:
 ``traj_loss(student, target, start) -> Tensor``,
-``traj_loss_backward(grad, student, target, start) -> (Tensor, Tensor, Tensor)`` and
-``built_with_cuda() -> bool``.
+``traj_loss_backward(grad, student, target, start) -> (Tensor, Tensor, Tensor)``,
+``dsa_forward(x, params, noise, flags) -> Tensor``,
+``dsa_backward(grad_y, params, flags) -> Tensor`` and ``built_with_cuda() -> bool``.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from typing import Any
 
 import torch
 
-from mtt_fast.ops import _load, reference
+from mtt_fast.ops import _load, dsa, reference
 from mtt_fast.ops.traj_loss import trajectory_loss
 
-__all__ = ["extension_info", "extension_loaded", "reference", "trajectory_loss"]
+__all__ = ["dsa", "extension_info", "extension_loaded", "reference", "trajectory_loss"]
 
 
 def extension_loaded() -> bool:

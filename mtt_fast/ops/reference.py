@@ -9,6 +9,7 @@ extension is not built or has no kernel for a device.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -54,3 +55,79 @@ def traj_loss_backward(
 
 # The name the rest of the package (match/, tests) uses for the reference loss.
 trajectory_loss_ref = traj_loss
+
+
+def dsa(x: Tensor, params: Tensor, noise: Tensor | None, flags: int) -> Tensor:
+    """What ``torch.ops.mtt_fast.dsa_forward`` computes, in plain differentiable torch ops.
+
+    The packed layout of ``params`` and the meaning of ``flags`` are documented in
+    :mod:`mtt_fast.ops.dsa` (and csrc/dsa/dsa.h, which has the per-pixel formulas).
+
+    Args:
+        x: images ``[B, C, H, W]``.
+        params: ``[B, 20]`` packed per-sample parameters.
+        noise: ``[B, C, H, W]`` or None (required when ``flags`` has the noise bit).
+        flags: geometry (bits 0-1), color placement (bits 2-3), cutout (16), noise (32).
+
+    Returns:
+        The augmented images, shaped like ``x``.
+    """
+    b, c, h, w = x.shape
+    p = params.to(dtype=x.dtype, device=x.device)
+    geom, color = flags & 3, (flags >> 2) & 3
+    rows = torch.arange(h, dtype=x.dtype, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, w)
+
+    def col(k: int) -> Tensor:
+        return p[:, k].view(b, 1, 1)
+
+    def affine(k: int) -> tuple[Tensor, Tensor]:  # (column, row) of every output pixel
+        return (
+            col(k) * cols + col(k + 1) * rows + col(k + 2),
+            col(k + 3) * cols + col(k + 4) * rows + col(k + 5),
+        )
+
+    flat = x.reshape(b, c, h * w)
+
+    def tap(xi: Tensor, yi: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        valid = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        idx = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).reshape(b, 1, h * w)
+        vals = flat.gather(2, idx.expand(b, c, h * w)).reshape(b, c, h, w)
+        wv = torch.where(valid, weight, torch.zeros_like(weight)).unsqueeze(1)
+        return vals * wv, wv
+
+    if geom == 0:
+        v, kappa = x, torch.ones(b, 1, h, w, dtype=x.dtype, device=x.device)
+    elif geom == 1:
+        cx, cy = affine(0)
+        xi = torch.floor(cx + 0.5).long()
+        yi = torch.floor(cy + 0.5).long()
+        v, kappa = tap(xi, yi, torch.ones_like(cx))
+    else:
+        cx, cy = affine(0)
+        x0, y0 = torch.floor(cx), torch.floor(cy)
+        fx, fy = cx - x0, cy - y0
+        x0l, y0l = x0.long(), y0.long()
+        v = torch.zeros_like(x)
+        kappa = torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)
+        for dy, wy in ((0, 1 - fy), (1, fy)):
+            for dx, wx in ((0, 1 - fx), (1, fx)):
+                val, wv = tap(x0l + dx, y0l + dy, wy * wx)
+                v = v + val
+                kappa = kappa + wv
+    y = v
+    if color:
+        bright, sat, con = (p[:, k].view(b, 1, 1, 1) for k in (6, 7, 8))
+        cm = v.mean(dim=1, keepdim=True)
+        mu = (x if color == 2 else v).mean(dim=(1, 2, 3), keepdim=True)
+        const = (1 - con) * mu + bright
+        y = con * sat * v + con * (1 - sat) * cm + (const * kappa if color == 2 else const)
+    if flags & 16:
+        qc, qr = affine(9)
+        qc, qr = torch.floor(qc + 0.5), torch.floor(qr + 0.5)
+        inside = (qr >= col(15)) & (qr < col(16)) & (qc >= col(17)) & (qc < col(18))
+        y = y * (~inside).to(x.dtype).unsqueeze(1)
+    if flags & 32:
+        assert noise is not None, "flags ask for noise but none was given"
+        y = y + p[:, 19].view(b, 1, 1, 1) * noise.to(dtype=x.dtype, device=x.device)
+    return y

@@ -237,7 +237,12 @@ def test_cuda_generator_draws_on_cuda():
 # ---------------------------------------------------------------- impl and errors
 
 
-def test_impl_auto_is_reference_and_fused_is_not_built():
+def test_impl_auto_is_reference_and_fused_refused_without_the_op(monkeypatch):
+    """Where the fused op cannot run (here: faked away), auto is the reference and fused
+    is a one-line user error. With the op, see tests/augment/test_dsa_fused.py."""
+    import mtt_fast.ops.dsa as dsa_op
+
+    monkeypatch.setattr(dsa_op, "COMPILED_DEVICES", frozenset())
     cfg = DSAConfig(strategy=ALL, mode="M")
     x = images()
     p = sample_params(cfg, SHAPE, gen(0))

@@ -1,0 +1,192 @@
+"""Packing :class:`AugParams` for the fused DSA op, and what the fused op computes.
+
+The fused op (:mod:`mtt_fast.ops.dsa`, csrc/dsa) evaluates a whole DSA call in one pass:
+for each output pixel, ONE sample of the input through a composed per-sample matrix, then
+color, cutout and noise in registers. :func:`pack` turns sampled parameters into its
+``[B, 20]`` parameter tensor and ``flags``.
+
+Geometry. Every geometric op is a map from output pixel coordinates to input pixel
+coordinates: flip ``j -> W - 1 - j``; crop ``(i, j) -> (i + dy, j + dx)``; scale and
+rotate ``U theta N``, with ``N`` the pixel-to-normalized map of ``align_corners=True`` and
+``U`` its inverse (on a size-1 axis every pixel maps to 0, as in ``grid_sample``). The
+reference applies the ops in strategy order, ``y = op_n(... op_1(x))``, so
+``y(p) = x(P_1 P_2 ... P_n p)``: the composed matrix is ``A = P_1 ... P_n`` (as
+stylegan2-ada composes its geometric augmentations). With flips and crops only, ``A p``
+is an exact integer pixel and the op gathers it (zero outside the frame); with scale or
+rotate it samples bilinearly with zero padding, as ``grid_sample`` does.
+
+Mode "S" (one op group per call, the MTT default). Each group alone is reproduced exactly
+(to float rounding): color, flip, crop (integer translation, zero fill), scale, rotate
+(bilinear, align_corners=True), cutout and noise.
+
+Mode "M" (all groups, in strategy order). The fused op is NOT the reference chain; it is:
+
+1. Geometry is sampled ONCE through ``A``; the reference resamples at every scale and
+   rotate op. So (a) with two bilinear ops the values differ by interpolation error (the
+   fused result is the sharper one: one interpolation instead of two), and (b) the
+   reference clips the image at every intermediate frame, the fused op only at the input's
+   frame (zero padding): content that an op pushes out of the frame and a later op would
+   bring back (a crop followed by a zoom-out, a zoom-in followed by a rotation) is zero in
+   the reference and present in the fused output, and frame edges are blurred once, not
+   twice. Compositions of flips and one integer crop are reproduced exactly.
+2. Color is evaluated on the sampled image with its statistics placed where the strategy
+   puts color. When color precedes every geometric op (the MTT default,
+   ``color_crop_cutout_flip_scale_rotate``), the contrast mean is that of the INPUT image
+   and the constant term ``(1 - c) mean + b`` is multiplied by the coverage of the
+   sampling (the resampled all-ones image), which is exactly ``G(color(x))`` for the
+   linear resampling ``G``: zero-filled regions stay zero. When color follows every
+   geometric op, the mean is that of the sampled image and the constant is added
+   everywhere, exactly as the reference. When color sits BETWEEN geometric ops it is
+   treated as following all of them (statistics of the fully sampled image, constant
+   everywhere), which differs from the reference.
+3. Cutout's box lives in the frame where the strategy applies cutout: the fused op maps
+   each output pixel through the geometric ops that FOLLOW cutout (matrix ``Q``), rounds
+   to the nearest pixel and zeroes it if inside the box. With only flips and crops after
+   cutout this is exact; with scale or rotate after it the box edge is hard where the
+   reference's is bilinearly blurred (a one-pixel band). Cutout is always applied AFTER
+   color: a strategy naming cutout before color differs (the reference colors the zeroed
+   box, so it holds the brightness offset and counts toward the contrast mean).
+4. Noise is always added last, unmasked, at the output pixel; a strategy naming noise
+   before other ops differs (the reference would resample, color or mask the noise).
+
+With the default strategy (noise is opt-in) only point 1 applies: the fused result equals
+the reference chain up to interpolation error in the interior and differs near frame
+edges and the (rotated/scaled) cutout box edge, as tests/augment/test_dsa_fused.py checks.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from mtt_fast.augment.sampling import AugParams
+from mtt_fast.ops import dsa as dsa_op
+
+__all__ = ["GEOMETRIC_OPS", "apply_fused", "pack"]
+
+#: The op groups that move pixels (composed into the sampling matrix).
+GEOMETRIC_OPS = ("flip", "crop", "scale", "rotate")
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(h: int, w: int, device: torch.device) -> dict[str, Tensor]:
+    """Per-size constant matrices (float64, ``[3, 3]``) used by :func:`pack`."""
+
+    def mat(rows: list[list[float]]) -> Tensor:
+        return torch.tensor(rows, dtype=torch.float64, device=device)
+
+    # pixel -> normalized (align_corners=True): u = 2 j / (W - 1) - 1; 0 on a size-1 axis
+    nw, ow = (2.0 / (w - 1), -1.0) if w > 1 else (0.0, 0.0)
+    nh, oh = (2.0 / (h - 1), -1.0) if h > 1 else (0.0, 0.0)
+    uw, uh = (w - 1) / 2.0, (h - 1) / 2.0
+    return {
+        "eye": torch.eye(3, dtype=torch.float64, device=device),
+        "norm": mat([[nw, 0, ow], [0, nh, oh], [0, 0, 1]]),
+        "unnorm": mat([[uw, 0, uw], [0, uh, uh], [0, 0, 1]]),
+        "flip_delta": mat([[-2, 0, w - 1], [0, 0, 0], [0, 0, 0]]),  # flip matrix - I
+        "row3": mat([[0, 0, 1]]),
+        "e02": mat([[0, 0, 1], [0, 0, 0], [0, 0, 0]]),
+        "e12": mat([[0, 0, 0], [0, 0, 1], [0, 0, 0]]),
+    }
+
+
+def _op_matrix(op: str, p: AugParams, k: dict[str, Tensor]) -> Tensor:
+    """``[B, 3, 3]`` float64 map from output to input pixel coordinates of one op."""
+    b = p.shape[0]
+    dev = k["eye"].device
+    if op == "flip":
+        f = p.flip.to(dev).reshape(b, 1, 1).to(torch.float64)  # bool -> 0/1
+        return k["eye"] + (f != 0).to(torch.float64) * k["flip_delta"]
+    if op == "crop":
+        shift = p.crop_shift.to(dev).to(torch.float64).reshape(b, 2, 1, 1)
+        return k["eye"] + shift[:, 1] * k["e02"] + shift[:, 0] * k["e12"]
+    theta = p.theta_scale if op == "scale" else p.theta_rot
+    t = torch.cat([theta.to(dev, torch.float64).reshape(b, 2, 3), k["row3"].expand(b, 1, 3)], 1)
+    return k["unnorm"] @ t @ k["norm"]
+
+
+def pack(
+    p: AugParams, dtype: torch.dtype, device: torch.device | str
+) -> tuple[Tensor, Tensor | None, int]:
+    """The fused op's inputs for sampled parameters.
+
+    Args:
+        p: parameters from :func:`mtt_fast.augment.sample_params` (any device).
+        dtype: the images' dtype (float32 or float64); the packed tensor takes it.
+        device: the images' device.
+
+    Returns:
+        ``(params, noise, flags)``: ``params`` ``[B, 20]`` (layout in
+        :mod:`mtt_fast.ops.dsa`), ``noise`` ``[B, C, H, W]`` or None, and the int flags.
+    """
+    device = torch.device(device)
+    b, _, h, w = p.shape
+    ops = p.ops
+    work = p.device if p.device is not None else device
+    k = _constants(h, w, work)
+    zeros = torch.zeros(b, 1, dtype=torch.float64, device=work)
+
+    geo = [op for op in ops if op in GEOMETRIC_OPS]
+    mats = {op: _op_matrix(op, p, k) for op in geo}
+    a = None
+    for op in geo:
+        a = mats[op] if a is None else a @ mats[op]
+    if a is None:
+        geom, a_cols = dsa_op.GEOM_IDENTITY, k["eye"][:2].reshape(1, 6).expand(b, 6)
+    else:
+        bilinear = "scale" in geo or "rotate" in geo
+        geom = dsa_op.GEOM_BILINEAR if bilinear else dsa_op.GEOM_INTEGER
+        a_cols = a[:, :2, :].reshape(b, 6)
+
+    color = dsa_op.COLOR_NONE
+    color_cols = zeros.expand(b, 3)
+    if "color" in ops:
+        pos = ops.index("color")
+        before = bool(geo) and all(ops.index(op) > pos for op in geo)
+        color = dsa_op.COLOR_BEFORE if before else dsa_op.COLOR_AFTER
+        color_cols = torch.cat(
+            [t.to(work, torch.float64).reshape(b, 1) for t in (p.brightness, p.saturation,
+                                                                p.contrast)],
+            1,
+        )
+
+    cutout = "cutout" in ops
+    q_cols, box_cols = zeros.expand(b, 6), zeros.expand(b, 4)
+    if cutout:
+        pos = ops.index("cutout")
+        q = None
+        for op in geo:
+            if ops.index(op) > pos:
+                q = mats[op] if q is None else q @ mats[op]
+        q_cols = (k["eye"] if q is None else q)[..., :2, :].reshape(-1, 6).expand(b, 6)
+        center = p.cutout_center.to(work).reshape(b, 2)
+        size = torch.as_tensor(p.cutout_size, device=work).reshape(1, 2)
+        start = (center - torch.div(size, 2, rounding_mode="floor")).to(torch.float64)
+        end = start + size.to(torch.float64)
+        box_cols = torch.stack([start[:, 0], end[:, 0], start[:, 1], end[:, 1]], 1)
+
+    noise = None
+    noise_col = zeros
+    if "noise" in ops:
+        noise_col = zeros + 1.0
+        noise = p.noise.to(device=device, dtype=dtype)
+
+    packed = torch.cat([a_cols, color_cols, q_cols, box_cols, noise_col], 1)
+    flags = dsa_op.make_flags(geom, color, cutout, noise is not None)
+    return packed.to(device=device, dtype=dtype), noise, flags
+
+
+def apply_fused(x: Tensor, p: AugParams) -> Tensor:
+    """Apply ``p`` to ``x`` with the fused op (see the module docstring for mode "M").
+
+    Args:
+        x: images ``[B, C, H, W]``, float32 or float64, on a device the op has a kernel for.
+        p: parameters drawn for ``x.shape``.
+
+    Returns:
+        The augmented images, shaped like ``x``, differentiable in ``x`` to any order.
+    """
+    params, noise, flags = pack(p, x.dtype, x.device)
+    return dsa_op.dsa_fused(x, params, noise, flags)

@@ -1,0 +1,217 @@
+"""The fused DSA op (``torch.ops.mtt_fast.dsa_forward`` / ``dsa_backward``), registered.
+
+``dsa_forward(x, params, noise, flags)`` applies one whole DSA call to images ``x`` of
+shape ``[B, C, H, W]`` in one pass per direction (csrc/dsa): for every output pixel, one
+sample of ``x`` through a per-sample 2x3 matrix (bilinear with zero padding, or an exact
+integer map, or the identity), then color, cutout and noise in registers. The op is affine
+in ``x``; ``dsa_backward(grad_y, params, flags)`` is the transpose of its linear part.
+
+This module gives the ops what torch needs around them: fake kernels (``torch.compile``),
+autograd for ``dsa_forward`` (its backward is ``dsa_backward``) and autograd for
+``dsa_backward`` (its backward is ``dsa_forward`` of the linear part: brightness and noise
+dropped), so gradients of any order work. It does not know about
+:class:`mtt_fast.augment.AugParams`; :mod:`mtt_fast.augment.fused` packs those into the
+layout below.
+
+Packed per-sample parameters (``params[b, :]``, x's dtype; mirror of csrc/dsa/dsa.h):
+
+==========  =======  ===================================================================
+index       name     meaning
+==========  =======  ===================================================================
+0..5        A        output pixel (col j, row i) -> input pixel:
+                     ``col = A0 j + A1 i + A2``, ``row = A3 j + A4 i + A5``
+6           b        brightness offset
+7           s        saturation factor (about the per-pixel channel mean)
+8           c        contrast factor (about the per-sample mean)
+9..14       Q        output pixel -> the frame the cutout box lives in (same form as A)
+15..18      box      cutout box: row0, row1 (exclusive), col0, col1 (exclusive)
+19          nu       noise multiplier (y += nu * noise)
+==========  =======  ===================================================================
+
+``flags`` (an int, the same for the whole batch): bits 0-1 the geometry (0 identity, 1
+integer map: flips and integer crops, 2 bilinear), bits 2-3 the color placement (0 none,
+1 after the sampling: the contrast mean is that of the sampled image; 2 before it: the
+contrast mean is that of ``x`` and the constant term is weighted by the coverage), bit 4
+cutout, bit 5 noise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtt_fast.ops import _load
+
+__all__ = [
+    "COMPILED_DEVICES",
+    "FLAG_CUTOUT",
+    "FLAG_NOISE",
+    "NUM_PARAMS",
+    "dsa_fused",
+    "fused_available",
+    "linear_params",
+    "unavailable_reason",
+]
+
+# ---- layout (mirror of csrc/dsa/dsa.h) --------------------------------------------------
+IDX_A = 0
+IDX_BRIGHT = 6
+IDX_SAT = 7
+IDX_CONTRAST = 8
+IDX_Q = 9
+IDX_BOX = 15
+IDX_NOISE = 19
+NUM_PARAMS = 20
+
+GEOM_IDENTITY = 0
+GEOM_INTEGER = 1
+GEOM_BILINEAR = 2
+COLOR_SHIFT = 2
+COLOR_NONE = 0
+COLOR_AFTER = 1
+COLOR_BEFORE = 2
+FLAG_CUTOUT = 16
+FLAG_NOISE = 32
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def make_flags(geom: int, color: int, cutout: bool, noise: bool) -> int:
+    """The ``flags`` int of the op from its four switches."""
+    return (
+        int(geom)
+        | (int(color) << COLOR_SHIFT)
+        | (FLAG_CUTOUT if cutout else 0)
+        | (FLAG_NOISE if noise else 0)
+    )
+
+
+def linear_params(params: Tensor) -> Tensor:
+    """``params`` with the brightness offset zeroed: with the noise flag cleared, the op
+    is then the LINEAR part of the affine map (what its backward transposes)."""
+    keep = torch.ones(NUM_PARAMS, dtype=params.dtype, device=params.device)
+    keep[IDX_BRIGHT] = 0
+    return params * keep
+
+
+# --------------------------------------------------------------------------------------
+# fake kernels
+# --------------------------------------------------------------------------------------
+def _fake_check(name: str, x: Tensor, params: Tensor) -> None:
+    torch._check(x.dim() == 4, lambda: f"{name}: images must be [B, C, H, W]")
+    torch._check(x.dtype in _DTYPES, lambda: f"{name}: only float32 and float64 are supported")
+    torch._check(
+        params.dim() == 2 and params.shape[0] == x.shape[0] and params.shape[1] == NUM_PARAMS,
+        lambda: f"{name}: params must be [B, {NUM_PARAMS}]",
+    )
+    torch._check(params.dtype == x.dtype, lambda: f"{name}: params dtype must match")
+
+
+def _dsa_forward_fake(x: Tensor, params: Tensor, noise: Tensor | None, flags: int) -> Tensor:
+    _fake_check("dsa_forward", x, params)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _dsa_backward_fake(grad_y: Tensor, params: Tensor, flags: int) -> Tensor:
+    _fake_check("dsa_backward", grad_y, params)
+    return torch.empty_like(grad_y, memory_format=torch.contiguous_format)
+
+
+# --------------------------------------------------------------------------------------
+# autograd
+# --------------------------------------------------------------------------------------
+def _forward_setup_context(ctx, inputs, output) -> None:
+    _x, params, _noise, flags = inputs
+    ctx.save_for_backward(params)
+    ctx.flags = flags
+
+
+def _forward_backward(ctx, grad: Tensor):
+    (params,) = ctx.saved_tensors
+    need_x, _, need_noise, _ = ctx.needs_input_grad
+    gx = gn = None
+    if need_x:
+        gx = torch.ops.mtt_fast.dsa_backward.default(grad.contiguous(), params, ctx.flags)
+    if need_noise:  # y = ... + nu * noise
+        gn = grad * params[:, IDX_NOISE].reshape(-1, 1, 1, 1)
+    return gx, None, gn, None
+
+
+def _backward_setup_context(ctx, inputs, output) -> None:
+    _grad, params, flags = inputs
+    ctx.save_for_backward(params)
+    ctx.flags = flags
+
+
+def _backward_backward(ctx, r: Tensor):
+    # dsa_backward is linear in grad_y: its derivative is the forward's linear part.
+    (params,) = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None, None
+    flags = ctx.flags & ~FLAG_NOISE
+    out = torch.ops.mtt_fast.dsa_forward.default(r.contiguous(), linear_params(params), None, flags)
+    return out, None, None
+
+
+def _register() -> bool:
+    """Registers fake kernels and autograd for both ops; False when ``_C`` is not loaded."""
+    if not _load.loaded():
+        return False
+    torch.library.register_fake("mtt_fast::dsa_forward")(_dsa_forward_fake)
+    torch.library.register_fake("mtt_fast::dsa_backward")(_dsa_backward_fake)
+    torch.library.register_autograd(
+        "mtt_fast::dsa_forward", _forward_backward, setup_context=_forward_setup_context
+    )
+    torch.library.register_autograd(
+        "mtt_fast::dsa_backward", _backward_backward, setup_context=_backward_setup_context
+    )
+    return True
+
+
+REGISTERED = _register()
+
+#: Device types with a compiled kernel, fixed at import.
+COMPILED_DEVICES = frozenset(
+    d for d in ("cpu", "cuda") if REGISTERED and _load.has_kernel("dsa_forward", d)
+)
+
+
+def fused_available(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether the fused op can run on images of this device and dtype."""
+    return torch.device(device).type in COMPILED_DEVICES and dtype in _DTYPES
+
+
+def unavailable_reason(device: torch.device | str, dtype: torch.dtype) -> str:
+    """One line saying why :func:`fused_available` is False for this device and dtype."""
+    device = torch.device(device)
+    if not _load.loaded():
+        return (
+            f"the compiled extension mtt_fast._C is not loaded ({_load.LOAD_ERROR}); rebuild "
+            "with `pip install --no-build-isolation -e .`"
+        )
+    if device.type not in COMPILED_DEVICES:
+        return (
+            f"mtt_fast._C has no DSA kernel for device '{device.type}' (compiled for: "
+            f"{', '.join(sorted(COMPILED_DEVICES)) or 'nothing'})"
+        )
+    if dtype not in _DTYPES:
+        return f"the fused DSA op supports float32 and float64 only, got {dtype}"
+    return "available"
+
+
+def dsa_fused(x: Tensor, params: Tensor, noise: Tensor | None, flags: int) -> Tensor:
+    """Run ``torch.ops.mtt_fast.dsa_forward`` (differentiable in ``x`` to any order).
+
+    Args:
+        x: images ``[B, C, H, W]``, float32 or float64.
+        params: ``[B, NUM_PARAMS]`` packed parameters (see the module docstring).
+        noise: ``[B, C, H, W]`` or None; required when ``flags`` has :data:`FLAG_NOISE`.
+        flags: the batch-wide switches (see the module docstring and :func:`make_flags`).
+
+    Returns:
+        The augmented images, shaped like ``x``.
+    """
+    params = params.to(device=x.device, dtype=x.dtype).contiguous()
+    if noise is not None:
+        noise = noise.to(device=x.device, dtype=x.dtype).contiguous()
+    return torch.ops.mtt_fast.dsa_forward.default(x.contiguous(), params, noise, int(flags))
