@@ -56,6 +56,8 @@ def _child(spec: dict) -> dict:
 
     dev = torch.device(spec["device"])
     torch.manual_seed(0)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
     if dev.type == "cuda" and spec.get("budget_gib"):
         total = torch.cuda.get_device_properties(dev).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, spec["budget_gib"] * 2**30 / total), dev)
@@ -121,7 +123,7 @@ def _mem_available_gib() -> float:
 
 
 def _bisect(base: dict, engine: str, lo_hint: int, time_cap: float) -> dict:
-    """Largest ipc whose one iteration fits the budget: doubling, then bisection (~3%)."""
+    """Largest ipc whose one iteration fits the budget: doubling, then bisection (~6%)."""
     probes = []
 
     def fits(ipc: int) -> bool | None:
@@ -131,7 +133,9 @@ def _bisect(base: dict, engine: str, lo_hint: int, time_cap: float) -> dict:
               f" {r.get('median_s', '')}", flush=True)
         if r.get("timeout"):
             return None
-        return not r.get("oom") and "error" not in r
+        if "error" in r and not r.get("oom"):
+            raise RuntimeError(f"bisection probe {engine} ipc {ipc} failed: {r['error']}")
+        return not r.get("oom")
 
     lo, hi = 0, None
     ipc = max(1, lo_hint)
@@ -145,7 +149,7 @@ def _bisect(base: dict, engine: str, lo_hint: int, time_cap: float) -> dict:
             lo, ipc = ipc, ipc * 2
         else:
             hi = ipc
-    while hi is not None and hi - lo > max(1, lo // 32):
+    while hi is not None and hi - lo > max(1, lo // 16):
         mid = (lo + hi) // 2
         ok = fits(mid)
         if ok is None:
@@ -216,7 +220,7 @@ def main() -> None:
         base = {"device": args.device, "steps": 80, "channels": 3, "res": 32, "budget_gib": args.budget_gib,
                 "aug_impl": args.aug_impl}
         for engine in ("full", "adjoint"):
-            bisect.append(_bisect(base, engine, 4 if engine == "full" else 64, args.bisect_time_cap))
+            bisect.append(_bisect(base, engine, 4 if engine == "full" else 128, args.bisect_time_cap))
 
     # ---- table
     dev_name = torch.cuda.get_device_name(0) if args.device == "cuda" else (platform.processor() or "cpu")
