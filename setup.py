@@ -133,6 +133,35 @@ def nvidia_include_dirs() -> list[str]:
     return dirs
 
 
+def _libstdcxx_link_flags() -> list[str]:
+    """Link the shared C++ runtime even where its development symlink is missing.
+
+    On some images (seen on a GPU machine with Ubuntu 24.04's g++ 13) ``libstdc++.so``,
+    the symlink ``-lstdc++`` looks for, is absent while ``libstdc++.a`` is present, so the
+    extension silently gets a second, static copy of libstdc++ whose locale is never
+    initialized: the first number written into an error message (every TORCH_CHECK with
+    a size in it) then crashes the process. Naming the runtime ``libstdc++.so.6`` before
+    the driver's own ``-lstdc++`` makes the linker resolve against the shared library.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        found = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                               timeout=30, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if found and os.path.isabs(found) and os.path.exists(found):
+        return []  # the normal case: -lstdc++ finds the shared library
+    runtime = subprocess.run([cxx, "-print-file-name=libstdc++.so.6"], capture_output=True, text=True,
+                             timeout=30, check=False).stdout.strip()
+    if runtime and os.path.isabs(runtime) and os.path.exists(runtime):
+        _log(f"{cxx} has no libstdc++.so symlink: linking the shared runtime {runtime} explicitly")
+        return [runtime]
+    _log(f"warning: {cxx} finds no shared libstdc++; the extension may get a static copy of it")
+    return []
+
+
 def _openmp_flags() -> list[str]:
     """-fopenmp when ATen parallelizes with OpenMP (at::parallel_for is header code)."""
     import torch
@@ -189,7 +218,7 @@ def get_extensions() -> list:
     sources += sorted(glob.glob(os.path.join(CSRC, "*", "*_cpu.cpp")))
     omp = _openmp_flags()
     cxx_flags = ["-O3", *omp]  # torch adds the -std= its headers need (c++17 or c++20)
-    link_flags = list(omp)
+    link_flags = [*_libstdcxx_link_flags(), *omp]
     kwargs: dict = {}
 
     if use_cuda:
