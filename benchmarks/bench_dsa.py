@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from mtt_fast.augment import DEFAULT_STRATEGY, DSAConfig, apply, parse_strategy, sample_params
+from mtt_fast.augment.fused import clear_pack_cache
 from mtt_fast.ops import extension_info
 
 SHAPES = [(256, 3, 32, 32), (100, 1, 28, 28), (32, 3, 224, 224)]
@@ -78,7 +79,14 @@ def _repeats(device: str, numel: int) -> int:
 
 
 def _fwd_bwd(x, params, grad, impl):
+    """Forward + backward. For the fused op, parameters live on the host as the library
+    samples them, and the pack cache is cleared so every call pays for packing too."""
+    if impl == "fused":
+        params = params.to("cpu")
+
     def fn():
+        if impl == "fused":
+            clear_pack_cache()
         xr = x.detach().requires_grad_(True)
         y = apply(xr, params, impl=impl)
         torch.autograd.grad(y, xr, grad)

@@ -49,7 +49,7 @@ REFERENCE_CPU = {  # the MTT reference code on this kind of machine (issue 4): N
 def _child(spec: dict) -> dict:
     import torch
 
-    from mtt_fast.augment import DSAConfig
+    from mtt_fast.augment import DSAConfig, uses_fused
     from mtt_fast.match import ENGINES, Student, plan_steps
     from mtt_fast.memory import process_peak_rss_mib
     from mtt_fast.models import FlatParams, get_network
@@ -75,7 +75,9 @@ def _child(spec: dict) -> dict:
     rss_base = process_peak_rss_mib()
     times, peaks = [], []
     for _ in range(spec["iters"]):
-        plan = plan_steps(n, (c, res, res), spec["steps"], spec["batch_syn"] or n, DSAConfig(), gen, device=dev)
+        aug_device = "cpu" if uses_fused(images, student.aug_impl) else dev
+        plan = plan_steps(n, (c, res, res), spec["steps"], spec["batch_syn"] or n, DSAConfig(), gen, device=dev,
+                          aug_device=aug_device)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)

@@ -16,7 +16,14 @@ match); ``mtt_fast.augment.sampling`` documents the exact draw order.
 """
 
 from mtt_fast.augment.config import DEFAULT_STRATEGY, OP_GROUPS, DSAConfig, parse_strategy
-from mtt_fast.augment.dsa import IMPLS, FusedDSAUnavailable, apply, apply_reference, augment
+from mtt_fast.augment.dsa import (
+    IMPLS,
+    FusedDSAUnavailable,
+    apply,
+    apply_reference,
+    augment,
+    uses_fused,
+)
 from mtt_fast.augment.functional import (
     apply_brightness,
     apply_color,
@@ -60,4 +67,5 @@ __all__ = [
     "rotate_theta",
     "sample_params",
     "scale_theta",
+    "uses_fused",
 ]

@@ -25,7 +25,7 @@ from mtt_fast.augment.sampling import AugParams, sample_params
 from mtt_fast.errors import UserError
 from mtt_fast.ops.dsa import fused_available, unavailable_reason
 
-__all__ = ["IMPLS", "FusedDSAUnavailable", "apply", "apply_reference", "augment"]
+__all__ = ["IMPLS", "FusedDSAUnavailable", "apply", "apply_reference", "augment", "uses_fused"]
 
 #: Accepted values of ``impl``.
 IMPLS = ("reference", "auto", "fused")
@@ -113,5 +113,12 @@ def augment(
     this call (e.g. the adjoint engine's recomputation).
     """
     dtype = x.dtype if x.is_floating_point() else torch.float32
-    params = sample_params(cfg, tuple(x.shape), generator, device=x.device, dtype=dtype)
+    # the fused op packs its parameters on the host: sample them there (same values)
+    where = "cpu" if uses_fused(x, impl) else x.device
+    params = sample_params(cfg, tuple(x.shape), generator, device=where, dtype=dtype)
     return apply(x, params, impl=impl), params
+
+
+def uses_fused(x: Tensor, impl: str) -> bool:
+    """Whether :func:`apply` with ``impl`` takes the fused op for images like ``x``."""
+    return impl == "fused" or (impl == "auto" and x.is_floating_point() and fused_available(x.device, x.dtype))

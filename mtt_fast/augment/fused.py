@@ -57,6 +57,7 @@ edges and the (rotated/scaled) cutout box edge, as tests/augment/test_dsa_fused.
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 from torch import Tensor
@@ -107,7 +108,36 @@ def _op_matrix(op: str, p: AugParams, k: dict[str, Tensor]) -> Tensor:
     return k["unnorm"] @ t @ k["norm"]
 
 
+#: Packed inputs per AugParams object (weakly keyed: an entry dies with its parameters), so
+#: a replayed augmentation (the adjoint engine's reverse pass, Siamese use) packs once.
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def clear_pack_cache() -> None:
+    """Forget every cached :func:`pack` result (benchmarks use it to time packing too)."""
+    _PACKED.clear()
+
+
 def pack(
+    p: AugParams, dtype: torch.dtype, device: torch.device | str
+) -> tuple[Tensor, Tensor | None, int]:
+    """The fused op's inputs for sampled parameters, cached per ``(p, dtype, device)``.
+
+    Packing is a few dozen tiny tensor operations: keep ``p`` on the CPU (sample it there)
+    so they run on the host and only the ``[B, 20]`` result is copied to the device.
+    See :func:`_pack` for the arguments.
+    """
+    key = (dtype, torch.device(device))
+    per_params = _PACKED.get(p)
+    if per_params is None:
+        per_params = _PACKED[p] = {}
+    out = per_params.get(key)
+    if out is None:
+        out = per_params[key] = _pack(p, dtype, device)
+    return out
+
+
+def _pack(
     p: AugParams, dtype: torch.dtype, device: torch.device | str
 ) -> tuple[Tensor, Tensor | None, int]:
     """The fused op's inputs for sampled parameters.
@@ -173,9 +203,14 @@ def pack(
         noise_col = zeros + 1.0
         noise = p.noise.to(device=device, dtype=dtype)
 
-    packed = torch.cat([a_cols, color_cols, q_cols, box_cols, noise_col], 1)
+    packed = torch.cat([a_cols, color_cols, q_cols, box_cols, noise_col], 1).to(dtype)
+    if packed.device != device:
+        if device.type == "cuda" and packed.device.type == "cpu":
+            packed = packed.pin_memory().to(device, non_blocking=True)
+        else:
+            packed = packed.to(device)
     flags = dsa_op.make_flags(geom, color, cutout, noise is not None)
-    return packed.to(device=device, dtype=dtype), noise, flags
+    return packed, noise, flags
 
 
 def apply_fused(x: Tensor, p: AugParams) -> Tensor:

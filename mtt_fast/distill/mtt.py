@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mtt_fast.augment import DSAConfig
+from mtt_fast.augment import DSAConfig, uses_fused
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.metrics import headline_metric
 from mtt_fast.evaluate.protocol import EvalConfig, evaluate_arch
@@ -186,8 +186,9 @@ class MTTDistiller:
         start_epoch = int(torch.randint(cfg.max_start_epoch, (1,), generator=self.gen))
         start, target = (s.to(self.device) for s in self.store.snapshots(k, [start_epoch, start_epoch + cfg.expert_epochs]))
         n = len(self.labels)
+        aug_device = "cpu" if uses_fused(self.images, self.student.aug_impl) else self.device
         plan = plan_steps(n, tuple(self.images.shape[1:]), cfg.syn_steps, cfg.batch_syn or n, self.dsa, self.gen,
-                          device=self.device, dtype=self.images.dtype)
+                          device=self.device, dtype=self.images.dtype, aug_device=aug_device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         res = self.engine(self.student, start, target, self.images, self.labels, self.syn_lr, plan)

@@ -37,6 +37,7 @@ def plan_steps(
     generator: torch.Generator,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    aug_device: torch.device | str | None = None,
 ) -> list[StepPlan]:
     """Draw the batches and augmentations of ``syn_steps`` student steps.
 
@@ -48,6 +49,9 @@ def plan_steps(
         dsa: augmentation config, or None for no augmentation.
         generator: the only source of randomness (a CPU generator; parameters are moved to
             ``device`` so CPU and CUDA runs draw the same plan).
+        aug_device: where the augmentation parameters live (default ``device``); the
+            fused DSA op wants them on the CPU, where it packs them (see
+            :func:`mtt_fast.augment.uses_fused`).
     """
     batch_syn = min(batch_syn, num_images)
     plan: list[StepPlan] = []
@@ -58,6 +62,7 @@ def plan_steps(
         idx = chunks.pop()
         aug = None
         if dsa is not None and dsa.enabled:
-            aug = sample_params(dsa, (len(idx), *image_shape), generator, device=device, dtype=dtype)
+            aug = sample_params(dsa, (len(idx), *image_shape), generator,
+                                device=device if aug_device is None else aug_device, dtype=dtype)
         plan.append(StepPlan(idx.to(device), aug))
     return plan

@@ -242,3 +242,31 @@ def test_cuda_auto_matches_reference_per_group():
         x = images(shape, torch.float32).cuda()
         torch.testing.assert_close(apply(x, p, impl="auto"), apply_reference(x, p),
                                    rtol=1e-5, atol=1e-5)
+
+
+@needs_fused
+def test_pack_is_cached_per_params_dtype_and_device():
+    from mtt_fast.augment.fused import _PACKED, clear_pack_cache, pack
+
+    p = sample_params(DSAConfig(mode="M"), (4, 3, 8, 8), torch.Generator().manual_seed(5))
+    first = pack(p, torch.float32, "cpu")
+    assert pack(p, torch.float32, "cpu")[0] is first[0]  # a replay packs nothing
+    other = pack(p, torch.float64, "cpu")
+    assert other[0].dtype == torch.float64 and other[0] is not first[0]
+    torch.testing.assert_close(other[0].float(), first[0])
+    # a new draw with equal values is a different object: packed on its own
+    q = sample_params(DSAConfig(mode="M"), (4, 3, 8, 8), torch.Generator().manual_seed(5))
+    assert pack(q, torch.float32, "cpu")[0] is not first[0]
+    clear_pack_cache()
+    assert len(_PACKED) == 0 and pack(p, torch.float32, "cpu")[0] is not first[0]
+
+
+@needs_fused
+def test_augment_samples_on_the_host_for_the_fused_op():
+    from mtt_fast.augment import augment, uses_fused
+
+    x = torch.randn(4, 3, 8, 8)
+    assert uses_fused(x, "auto") and uses_fused(x, "fused") and not uses_fused(x, "reference")
+    y, p = augment(x, DSAConfig(), torch.Generator().manual_seed(2), impl="auto")
+    assert p.device.type == "cpu"
+    torch.testing.assert_close(y, apply_reference(x, p), rtol=1e-4, atol=1e-4)
