@@ -26,11 +26,11 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from _meta import source_commit
 
 from mtt_fast.augment import DEFAULT_STRATEGY, DSAConfig, apply, parse_strategy, sample_params
 from mtt_fast.augment.fused import clear_pack_cache
@@ -167,10 +167,7 @@ def main() -> None:
         devices = [args.device]
     if "cuda" in devices and not cuda:
         raise SystemExit("--device cuda: no GPU is visible")
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
+    commit = source_commit()
     for dev in devices:
         rows = bench_device(dev)
         hdr = f"{'device':6} {'shape':>16} {'mode':>4} {'reference ms':>13} {'fused ms':>9} {'speedup':>8}"

@@ -26,6 +26,7 @@ Writes benchmarks/results/engines_{cpu,cuda}.json and .md. Run:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -34,6 +35,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _meta import source_commit
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = {
@@ -70,7 +73,10 @@ def _child(spec: dict) -> dict:
     images = torch.randn(n, c, res, res, device=dev)
     labels = torch.arange(n, device=dev) % ncls
     lr = torch.tensor(0.01, device=dev)
-    engine = ENGINES[spec["engine"]]
+    if spec["engine"] == "adjoint_offload":  # the adjoint with its theta history in host memory
+        engine = functools.partial(ENGINES["adjoint"], offload=True)
+    else:
+        engine = ENGINES[spec["engine"]]
     gen = torch.Generator().manual_seed(1)
     rss_base = process_peak_rss_mib()
     times, peaks = [], []
@@ -166,7 +172,8 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--settings", default="cifar,fmnist")
-    ap.add_argument("--engines", default="full,adjoint,tesla")
+    ap.add_argument("--engines", default="full,adjoint,tesla",
+                    help="comma list of full, adjoint, tesla, adjoint_offload (--offload-history)")
     ap.add_argument("--steps", default=None, help="comma list overriding each setting's N values")
     ap.add_argument("--tesla-steps", default="20", help="N values at which tesla runs (it is approximate)")
     ap.add_argument("--iters", type=int, default=3, help="iterations per child; the first is a warm-up when >1")
@@ -255,10 +262,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
 
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
+    commit = source_commit()
     RESULTS.mkdir(exist_ok=True)
     stem = f"engines_{'cuda' if args.device == 'cuda' else 'cpu'}" + (f"_{args.tag}" if args.tag else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(

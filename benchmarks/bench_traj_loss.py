@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from _meta import source_commit
 
 from mtt_fast.ops import extension_info, trajectory_loss
 
@@ -50,10 +50,7 @@ def main() -> None:
     print(f"{'device':6} {'numel':>10} {'reference ms':>13} {'fused ms':>9} {'speedup':>8}")
     for r in rows:
         print(f"{r['device']:6} {r['numel']:>10} {r['reference_ms']:>13.3f} {r['fused_ms']:>9.3f} {r['speedup']:>8.2f}")
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
+    commit = source_commit()
     dev_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
     out = Path(__file__).parent / "results" / f"traj_loss_{'cuda' if torch.cuda.is_available() else 'cpu'}.json"
     out.write_text(json.dumps({"benchmark": "traj_loss", "device": dev_name, "threads": torch.get_num_threads(),

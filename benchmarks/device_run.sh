@@ -3,10 +3,13 @@
 # (CUDA tests included, extension required), run every benchmark, and copy the JSON results
 # and logs to $OUT. Usage there: bash benchmarks/device_run.sh [pytest args...]
 # Fashion-MNIST travels in .data/fashion-mnist (git-ignored; carry it) when the machine lacks it.
+# The copy's git metadata can be older than its files: before the call, run
+#   git rev-parse HEAD > .data/commit   (and carry .data) so the JSON names the right commit.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+[ -f .data/commit ] && export MTT_FAST_SOURCE_COMMIT="$(cat .data/commit)"
 if [ -d .data/fashion-mnist ] && [ ! -d /usr/share/datasets/fashion-mnist ]; then
     mkdir -p /usr/share/datasets && cp -r .data/fashion-mnist /usr/share/datasets/
 fi

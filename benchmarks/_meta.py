@@ -1,0 +1,25 @@
+"""What every benchmark JSON records about the source it ran: the git commit, and whether
+the working tree had uncommitted changes.
+
+``MTT_FAST_SOURCE_COMMIT`` overrides the commit: a lent GPU machine gets a copy of the
+working tree whose git metadata may be older than the files (``benchmarks/device_run.sh``
+sets it from ``.data/commit``, written before the call).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+
+def source_commit() -> str | None:
+    """``HEAD`` (``+dirty`` when tracked files differ from it), or the override."""
+    override = os.environ.get("MTT_FAST_SOURCE_COMMIT")
+    if override:
+        return override
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], check=False, stderr=subprocess.DEVNULL).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty == 1 else "")
