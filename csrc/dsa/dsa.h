@@ -43,11 +43,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define MTT_HOST_DEVICE __host__ __device__
-#else
-#define MTT_HOST_DEVICE
-#endif
+#include "common.h"
 
 namespace mtt_fast {
 namespace dsa {

@@ -19,11 +19,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define MTT_HOST_DEVICE __host__ __device__
-#else
-#define MTT_HOST_DEVICE
-#endif
+#include "common.h"
 
 namespace mtt_fast {
 namespace traj_loss {
