@@ -190,8 +190,10 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 # --------------------------------------------------------------------------------------
 @main.command()
 @click.option("--buffer", "buffer_dir", required=True, help="Trajectory store written by `mtt-fast buffer`.")
-@click.option("--method", type=click.Choice(["mtt", "random"]), default="mtt", show_default=True,
-              help="mtt: matching training trajectories on pixels; random: random real images (baseline).")
+@click.option("--method", type=click.Choice(["mtt", "glad", "dd", "random"]), default="mtt", show_default=True,
+              help="mtt: matching training trajectories on pixels; glad: MTT in a generator's latent space "
+                   "(needs --generator); dd: Wang et al.'s dataset distillation (the paper's DD baseline); "
+                   "random: random real images (baseline).")
 @click.option("--ipc", type=int, default=10, show_default=True, help="Synthetic images per class.")
 @click.option("--syn-steps", type=int, default=20, show_default=True, help="N: student steps per iteration.")
 @click.option("--expert-epochs", type=int, default=2, show_default=True, help="M: expert epochs to match.")
@@ -203,11 +205,26 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
                    "tesla: TESLA's per-step approximation (not exact for N > 1; for comparison).")
 @click.option("--offload-history", is_flag=True,
               help="adjoint/tesla: keep the N parameter snapshots in host memory instead of on the GPU.")
-@click.option("--lr-img", type=float, default=1000.0, show_default=True, help="SGD learning rate of the pixels.")
-@click.option("--lr-lr", type=float, default=1e-5, show_default=True, help="SGD learning rate of syn_lr.")
+@click.option("--lr-img", type=float, default=None,
+              help="Learning rate of the pixels (glad: of the feature latents). Default 1000 (SGD); dd: 0.01 (Adam).")
+@click.option("--lr-lr", type=float, default=None, help="Learning rate of syn_lr. Default 1e-5 (SGD); dd: 1e-4 (Adam).")
 @click.option("--lr-teacher", type=float, default=None, help="Initial syn_lr (default: the experts' lr).")
 @click.option("--batch-syn", type=int, default=None, help="Synthetic images per student step (default: all).")
 @click.option("--pix-init", type=click.Choice(["real", "noise"]), default="real", show_default=True)
+@click.option("--generator", default=None,
+              help="glad: a `mtt-fast gan train` directory, a TorchScript file, or package.module:factory.")
+@click.option("--space", type=click.Choice(["p", "z", "w", "wp"]), default="wp", show_default=True,
+              help="glad: what is learned: p pixels (initialized from G), z, w (one style vector), wp (W+, one per block).")
+@click.option("--layer", type=int, default=-1, show_default=True,
+              help="glad: also learn the feature map after synthesis block k (lr --lr-img); -1: style vectors only.")
+@click.option("--avg-w", is_flag=True, help="glad: start every image at its class-average w instead of a mapped random z.")
+@click.option("--lr-w", type=float, default=1.0, show_default=True, help="glad: SGD learning rate of z / w / w+.")
+@click.option("--learn-g", is_flag=True, help="glad: also learn the generator's weights (lr --lr-g).")
+@click.option("--lr-g", type=float, default=0.01, show_default=True, help="glad: SGD learning rate of the generator's weights.")
+@click.option("--g-batch", type=int, default=100, show_default=True,
+              help="glad: images rendered per generator call (generator memory does not grow with ipc).")
+@click.option("--dd-models", type=int, default=4, show_default=True, help="dd: random initializations per iteration.")
+@click.option("--batch-real", type=int, default=256, show_default=True, help="dd: real images the updated networks are scored on.")
 @click.option("--eval-it", type=int, default=100, show_default=True, help="Evaluate on the validation split every this many iterations.")
 @click.option("--eval-epochs", type=int, default=300, show_default=True, help="Epochs of each validation evaluation.")
 @click.option("--eval-repeats", type=int, default=1, show_default=True)
@@ -219,10 +236,10 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @common_options
 @user_errors
 def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, iterations, engine, offload_history, lr_img, lr_lr,
-            lr_teacher, batch_syn, pix_init, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy, dsa_mode, dsa_impl, data_root,
+            lr_teacher, batch_syn, pix_init, generator, space, layer, avg_w, lr_w, learn_g, lr_g, g_batch, dd_models, batch_real, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy, dsa_mode, dsa_impl, data_root,
             out, overwrite, seed, device, progress):
     """Distill a synthetic set from a trajectory store."""
-    from mtt_fast.distill import DistillConfig, MTTDistiller, distill_random
+    from mtt_fast.distill import DD_DEFAULTS, DDDistiller, DistillConfig, GLaDDistiller, MTTDistiller, distill_random
     from mtt_fast.experts import TrajectoryStore
     from mtt_fast.rundir import mark_complete, prepare_out
 
@@ -232,13 +249,24 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
         if v < 1:
             raise UserError(f"{name} must be at least 1 (got {v})")
     store = TrajectoryStore.open(buffer_dir)
+    defaults = DD_DEFAULTS if method == "dd" else {"lr_img": DistillConfig.lr_img, "lr_lr": DistillConfig.lr_lr}
+    lr_img = defaults["lr_img"] if lr_img is None else lr_img
+    lr_lr = defaults["lr_lr"] if lr_lr is None else lr_lr
     cfg = DistillConfig(method=method, ipc=ipc, syn_steps=syn_steps, expert_epochs=expert_epochs,
                         max_start_epoch=max_start_epoch, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr,
                         lr_teacher=lr_teacher, batch_syn=batch_syn, pix_init=pix_init, engine=engine,
+                        generator=_generator_spec(generator) if method == "glad" else None, space=space, layer=layer,
+                        avg_w=avg_w, lr_w=lr_w, learn_g=learn_g, lr_g=lr_g, g_batch=g_batch, dd_models=dd_models,
+                        batch_real=batch_real,
                         offload_history=offload_history,
                         dsa=dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl, eval_it=eval_it, eval_epochs=eval_epochs,
                         eval_repeats=eval_repeats, checkpoint_it=checkpoint_it, seed=seed)
-    if method == "mtt":
+    if method == "glad" and not generator:
+        raise UserError("--method glad needs --generator (a `mtt-fast gan train` directory, a TorchScript file, or "
+                        "package.module:factory)")
+    if method != "glad" and generator:
+        raise UserError(f"--generator is only used by --method glad (got --method {method})")
+    if method in ("mtt", "glad"):
         store.check_epochs(expert_epochs, max_start_epoch)
     out = out_path(out)
     config = {"command": "distill", "buffer": str(Path(buffer_dir).resolve()), **asdict(cfg)}
@@ -251,11 +279,20 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
         s = distill_random(bundle, store.meta, ipc, seed, out)
         echo(f"random real baseline: {len(s.labels)} images written to {out / 'synset'}")
     else:
-        summary = MTTDistiller(store, bundle, cfg, out, device=dev, progress=progress, log=echo).run()
+        cls = {"glad": GLaDDistiller, "dd": DDDistiller}.get(method, MTTDistiller)
+        summary = cls(store, bundle, cfg, out, device=dev, progress=progress, log=echo).run()
         echo(f"done: best validation {next(k for k in summary if k.startswith('best_val'))[9:]} "
              f"{summary[next(k for k in summary if k.startswith('best_val'))]:.2f} at iteration "
              f"{summary['best_iteration']}; synset in {out / 'synset'}")
     mark_complete(out)
+
+
+def _generator_spec(spec: str) -> str:
+    """A path becomes absolute (the run's config must not depend on the working directory)."""
+    p = Path(spec)
+    if p.exists() or ":" not in spec:
+        return str(p.resolve())
+    return spec
 
 
 # --------------------------------------------------------------------------------------

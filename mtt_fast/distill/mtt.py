@@ -41,6 +41,7 @@ from mtt_fast.io import (
 from mtt_fast.match import ENGINES, Student, plan_steps
 from mtt_fast.memory import format_peak_memory, peak_memory
 from mtt_fast.synth import Synset, init_noise, init_real
+from mtt_fast.synth.params import Parameterization, PixelParam, load_optimizer_state, optimizer_state
 
 
 @dataclass
@@ -59,6 +60,18 @@ class DistillConfig:
     momentum: float = 0.5
     batch_syn: int | None = None
     pix_init: str = "real"
+    # GLaD (method "glad"): the generator and its latent parameterization (mtt_fast/synth/latent.py)
+    generator: str | None = None
+    space: str = "wp"
+    layer: int = -1
+    avg_w: bool = False
+    lr_w: float = 1.0
+    lr_g: float = 0.01
+    learn_g: bool = False
+    g_batch: int = 100
+    # DD (method "dd"): initializations per iteration and the real minibatch they are scored on
+    dd_models: int = 4
+    batch_real: int = 256
     engine: str = "adjoint"
     offload_history: bool = False
     dsa: dict = field(default_factory=lambda: asdict(DSAConfig()))
@@ -79,13 +92,17 @@ def _metrics_upto(path: Path, iteration: int) -> None:
 class MTTDistiller:
     """One MTT distillation run over a trajectory store, writing into ``out``."""
 
+    #: whether iterations read expert trajectories (DD only reads the store's architecture)
+    uses_trajectories = True
+
     def __init__(self, store: TrajectoryStore, bundle, cfg: DistillConfig, out: str | Path, *,
                  device: torch.device | str = "cpu", progress: bool = True, log: Callable[[str], None] = print):
         self.store, self.bundle, self.cfg, self.out = store, bundle, cfg, Path(out)
         self.device, self.progress, self.log = torch.device(device), progress, log
         if cfg.engine not in ENGINES:
             raise UserError(f"--engine {cfg.engine}: available engines are {', '.join(ENGINES)}")
-        store.check_epochs(cfg.expert_epochs, cfg.max_start_epoch)
+        if self.uses_trajectories:
+            store.check_epochs(cfg.expert_epochs, cfg.max_start_epoch)
         self.engine = ENGINES[cfg.engine]
         if cfg.offload_history:
             if cfg.engine == "full":
@@ -101,45 +118,55 @@ class MTTDistiller:
     def _fresh_state(self) -> None:
         cfg = self.cfg
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.param = self._make_param()
+        lr0 = cfg.lr_teacher if cfg.lr_teacher is not None else self.store.expert_lr
+        self.syn_lr = torch.tensor(float(lr0), device=self.device).requires_grad_(True)
+        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=cfg.lr_lr, momentum=cfg.momentum)
+        self.iteration = 0
+        self.best = {"iteration": None, "value": -math.inf}
+
+    def _make_param(self) -> Parameterization:
+        """Pixels (MTT); :class:`mtt_fast.distill.glad.GLaDDistiller` overrides this."""
+        cfg = self.cfg
         if cfg.pix_init == "real":
             x, y = init_real(self.bundle.split("train"), cfg.ipc, self.gen)
         elif cfg.pix_init == "noise":
             x, y = init_noise(self.bundle.num_classes, cfg.ipc, (self.bundle.channels, self.bundle.res, self.bundle.res), self.gen)
         else:
             raise UserError(f"--pix-init {cfg.pix_init}: choose real or noise")
-        self.images = x.to(self.device).requires_grad_(True)
         self.labels = y.to(self.device)
-        lr0 = cfg.lr_teacher if cfg.lr_teacher is not None else self.store.expert_lr
-        self.syn_lr = torch.tensor(float(lr0), device=self.device).requires_grad_(True)
-        self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
-        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=cfg.lr_lr, momentum=cfg.momentum)
-        self.iteration = 0
-        self.best = {"iteration": None, "value": -math.inf}
+        return PixelParam(x.to(self.device), cfg.lr_img, cfg.momentum)
 
     def _save_checkpoint(self) -> None:
-        t = {"images": self.images.detach(), "labels": self.labels, "syn_lr": self.syn_lr.detach(),
+        t = {**self.param.state_tensors(), "labels": self.labels, "syn_lr": self.syn_lr.detach(),
              "generator": self.gen.get_state()}
-        for name, opt, p in (("img", self.opt_img, self.images), ("lr", self.opt_lr, self.syn_lr)):
-            buf = opt.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                t[f"momentum_{name}"] = buf
+        t.update(optimizer_state("lr", self.opt_lr))
         save_tensors(self.out / "checkpoint.safetensors", t)
-        write_json(self.out / "checkpoint.json", {"iteration": self.iteration, "best": self.best})
+        write_json(self.out / "checkpoint.json", {"iteration": self.iteration, "best": self.best, **self._checkpoint_extra()})
+
+    def _checkpoint_extra(self) -> dict:
+        return {}
+
+    def _check_resume(self, info: dict) -> None:
+        """Refuse a checkpoint that does not belong to this run's inputs (GLaD: the generator)."""
 
     def _load_checkpoint(self) -> bool:
         if not (self.out / "checkpoint.json").is_file():
             return False
         info = read_json(self.out / "checkpoint.json", what="checkpoint")
+        self._check_resume(info)
         t = load_tensors(self.out / "checkpoint.safetensors", what="checkpoint")
         self._fresh_state()
+        missing = [k for k in (*self.param.learnables(), "syn_lr", "labels", "generator") if k not in t]
+        if missing:
+            raise UserError(f"{self.out / 'checkpoint.safetensors'} lacks {', '.join(missing)}: it was written by another "
+                            f"kind of run; pass --overwrite to start again")
+        self.param.load_state_tensors(t)
         with torch.no_grad():
-            self.images.copy_(t["images"].to(self.device))
             self.syn_lr.copy_(t["syn_lr"].to(self.device))
         self.labels = t["labels"].to(self.device)
         self.gen.set_state(t["generator"])
-        for name, opt, p in (("img", self.opt_img, self.images), ("lr", self.opt_lr, self.syn_lr)):
-            if f"momentum_{name}" in t:
-                opt.state[p]["momentum_buffer"] = t[f"momentum_{name}"].to(self.device)
+        load_optimizer_state("lr", self.opt_lr, t)
         self.iteration, self.best = int(info["iteration"]), info["best"]
         _metrics_upto(self.out / "metrics.jsonl", self.iteration)
         return True
@@ -160,24 +187,30 @@ class MTTDistiller:
             "iteration": self.iteration,
             "distill": asdict(self.cfg),
             "buffer": str(self.store.path.resolve()),
+            **self.param.meta(),
         }
-        return Synset(self.images.detach().cpu().clone(), self.labels.cpu().clone(), float(self.syn_lr.item()), meta)
+        return Synset(self.param.images().detach().cpu().clone(), self.labels.cpu().clone(), float(self.syn_lr.item()), meta)
+
+    def save_synset(self, out: Path) -> None:
+        """The synset (rendered images) plus what the parameterization keeps beside it."""
+        self.synset().save(out)
+        self.param.save_extra(out)
 
     def evaluate_val(self) -> dict:
         """Train ``eval_repeats`` backbone networks on the current synset; score on val."""
         try:
-            return evaluate_arch(self.store.arch, self.images.detach(), self.labels, self.val,
+            return evaluate_arch(self.store.arch, self.param.images(), self.labels, self.val,
                                  lr=float(self.syn_lr.item()), cfg=self.eval_cfg, repeats=self.cfg.eval_repeats,
                                  seed=self.cfg.seed + 1000 + self.iteration, device=self.device)
         except UserError:
             raise self._diverged(f"training on the synset diverged at iteration {self.iteration} "
                                  f"(syn_lr {self.syn_lr.item():.4g})") from None
 
+    def _lr_hint(self) -> str:
+        return f"lower --lr-img (now {self.cfg.lr_img:g}) or --lr-lr (now {self.cfg.lr_lr:g})"
+
     def _diverged(self, what: str) -> UserError:
-        return UserError(
-            f"{what}; lower --lr-img (now {self.cfg.lr_img:g}) or --lr-lr (now {self.cfg.lr_lr:g}); "
-            f"the best synset so far is kept in {self.out / 'synset'}"
-        )
+        return UserError(f"{what}; {self._lr_hint()}; the best synset so far is kept in {self.out / 'synset'}")
 
     def step(self) -> dict:
         """One distillation iteration; returns its metrics line."""
@@ -186,22 +219,23 @@ class MTTDistiller:
         start_epoch = int(torch.randint(cfg.max_start_epoch, (1,), generator=self.gen))
         start, target = (s.to(self.device) for s in self.store.snapshots(k, [start_epoch, start_epoch + cfg.expert_epochs]))
         n = len(self.labels)
-        aug_device = "cpu" if uses_fused(self.images, self.student.aug_impl) else self.device
-        plan = plan_steps(n, tuple(self.images.shape[1:]), cfg.syn_steps, cfg.batch_syn or n, self.dsa, self.gen,
-                          device=self.device, dtype=self.images.dtype, aug_device=aug_device)
+        images = self.param.images()
+        aug_device = "cpu" if uses_fused(images, self.student.aug_impl) else self.device
+        plan = plan_steps(n, tuple(images.shape[1:]), cfg.syn_steps, cfg.batch_syn or n, self.dsa, self.gen,
+                          device=self.device, dtype=images.dtype, aug_device=aug_device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        res = self.engine(self.student, start, target, self.images, self.labels, self.syn_lr, plan)
+        res = self.engine(self.student, start, target, images, self.labels, self.syn_lr, plan)
         loss = float(res.loss)
         if not math.isfinite(loss) or not torch.isfinite(res.grad_images).all() or not math.isfinite(float(res.grad_lr)):
             raise self._diverged(f"the matching loss became {loss} at iteration {self.iteration}")
-        self.images.grad = res.grad_images.to(self.images.dtype)
+        self.param.backward(res.grad_images)
         self.syn_lr.grad = res.grad_lr.reshape(()).to(self.syn_lr.dtype)
-        self.opt_img.step()
+        self.param.step()
         self.opt_lr.step()
-        self.images.grad = self.syn_lr.grad = None
-        if not torch.isfinite(self.images).all() or not math.isfinite(self.syn_lr.item()):
-            raise self._diverged(f"the synthetic images or syn_lr became NaN/inf at iteration {self.iteration}")
+        self.syn_lr.grad = None
+        if not self.param.all_finite() or not math.isfinite(self.syn_lr.item()):
+            raise self._diverged(f"the synthetic set or syn_lr became NaN/inf at iteration {self.iteration}")
         rec = {"iteration": self.iteration, "loss": loss, "syn_lr": float(self.syn_lr.item()),
                "expert": k, "start_epoch": start_epoch, "seconds": time.perf_counter() - t0}
         rec.update(peak_memory(self.device))
@@ -227,7 +261,7 @@ class MTTDistiller:
                 append_jsonl(metrics, {"iteration": it, "val": ev["mean"], "val_std": ev["std"]})
                 if value > self.best["value"]:
                     self.best = {"iteration": it, "value": value}
-                    self.synset().save(self.out / "synset")
+                    self.save_synset(self.out / "synset")
                 bar.set_postfix({f"val_{self.metric}": f"{value:.1f}", "best": f"{self.best['value']:.1f}"})
             if it == cfg.iterations:
                 break
@@ -242,7 +276,7 @@ class MTTDistiller:
             if self.iteration % cfg.checkpoint_it == 0 or self.iteration % cfg.eval_it == 0:
                 self._save_checkpoint()
         bar.close()
-        self.synset().save(self.out / "synset_last")
+        self.save_synset(self.out / "synset_last")
         self._save_checkpoint()
         summary = {"best_iteration": self.best["iteration"], f"best_val_{self.metric}": self.best["value"],
                    "iterations": cfg.iterations, "final_syn_lr": float(self.syn_lr.item())}
