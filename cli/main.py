@@ -174,7 +174,7 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
                        dsa=dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl, max_train_per_class=max_train_per_class, seed=seed)
     config = {"command": "buffer", "dataset": bundle.meta(), "jitter": jitter, **asdict(cfg)}
     out = out_path(out)
-    state = prepare_out(out, config, overwrite=overwrite)
+    state = prepare_out(out, config, overwrite=overwrite, defaults=asdict(ExpertConfig()))
     if state == "complete":
         echo(f"{out} already holds this finished store; nothing to do (pass --overwrite to train again)")
         return
@@ -270,7 +270,7 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
         store.check_epochs(expert_epochs, max_start_epoch)
     out = out_path(out)
     config = {"command": "distill", "buffer": str(Path(buffer_dir).resolve()), **asdict(cfg)}
-    state = prepare_out(out, config, overwrite=overwrite)
+    state = prepare_out(out, config, overwrite=overwrite, defaults=asdict(DistillConfig()))
     if state == "complete":
         echo(f"{out} already holds this finished run; nothing to do (pass --overwrite to run again)")
         return
@@ -293,6 +293,53 @@ def _generator_spec(spec: str) -> str:
     if p.exists() or ":" not in spec:
         return str(p.resolve())
     return spec
+
+
+# --------------------------------------------------------------------------------------
+@main.command()
+@click.argument("grid", type=click.Path(dir_okay=False))
+@click.option("--preset", type=click.Choice(["crc", "pg"]), default=None,
+              help="Start from the paper's best settings (Table 4: crc, Table 5: pg); the grid file's base: wins.")
+@click.option("--out", required=True, help="Sweep directory: one distill run per point, summary.md.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@user_errors
+def sweep(grid, preset, out, device, progress):
+    """Run `distill` once per point of GRID.yaml (resumable) and rank the points by validation score."""
+    from mtt_fast.rundir import mark_complete
+    from mtt_fast.sweep import load_grid, point_name, summarize
+
+    ctx = click.get_current_context()
+    known = {}
+    for p in distill.params:
+        if p.expose_value:
+            known[p.name] = p.name
+            known.update({o.lstrip("-").replace("-", "_"): p.name for o in p.opts if o.startswith("--")})
+    base, points = load_grid(grid, known, preset)
+    out = out_path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if "buffer_dir" not in base and not all("buffer_dir" in p for p in points):
+        raise UserError(f"{grid}: set buffer (the trajectory store) under base:")
+    defaults = {p.name: p.get_default(ctx, call=True) for p in distill.params if p.expose_value}
+    statuses = {}
+    for i, point in enumerate(points):
+        name = point_name(point)
+        echo(f"[{i + 1}/{len(points)}] {name}")
+        kwargs = {**defaults, **base, **point, "out": str(out / name), "device": device, "progress": progress,
+                  "overwrite": False}
+        try:
+            distill.callback.__wrapped__(**kwargs)
+            statuses[name] = "complete" if (out / name / "COMPLETE").exists() else "incomplete"
+        except UserError as e:  # one diverging point must not end the sweep
+            statuses[name] = f"failed: {e}"
+            echo(f"  failed: {e}")
+    summary = summarize(out, base, points, statuses)
+    echo((out / "summary.md").read_text())
+    if all(r["status"] == "complete" for r in summary["rows"]):
+        mark_complete(out)
+    else:
+        raise UserError(f"{sum(r['status'] != 'complete' for r in summary['rows'])} of {len(points)} points did not "
+                        f"finish; see {out / 'summary.md'} (rerun to resume)")
 
 
 # --------------------------------------------------------------------------------------
@@ -332,7 +379,7 @@ def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, spli
     out = out_path(out)
     config = {"command": "eval", "synset": str(Path(synset_dir).resolve()), "archs": arch_list, "repeats": repeats,
               "split": split, "seed": seed, **asdict(cfg)}
-    state = prepare_out(out, config, overwrite=overwrite)
+    state = prepare_out(out, config, overwrite=overwrite, defaults=asdict(EvalConfig()))
     if state == "complete":
         echo(f"{out} already holds these results; nothing to do (pass --overwrite to evaluate again)")
         return
@@ -363,6 +410,9 @@ def demo(out, data_root, overwrite, seed, device, progress):
     run_demo(out_path(out), data_root=data_root, overwrite=overwrite, seed=seed, device=resolve_device(device),
              progress=progress, log=echo)
 
+
+from mtt_fast.cli.gan import gan  # noqa: E402
+main.add_command(gan)
 
 if __name__ == "__main__":
     main()

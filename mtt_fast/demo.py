@@ -78,7 +78,8 @@ def run_demo(out: Path, *, data_root: str | None = None, overwrite: bool = False
         dcfg = DistillConfig(method="mtt", ipc=ipc, dsa=dsa, seed=seed, **dcfg_kw, **s["distill_eval"])
         run = out / f"mtt_ipc{ipc}"
         log(f"[2/3] MTT at ipc {ipc}: {dcfg.iterations} iterations of N={dcfg.syn_steps} student steps into {run}")
-        if prepare_out(run, {"command": "distill", "buffer": str(buf.resolve()), **asdict(dcfg)}) != "complete":
+        if prepare_out(run, {"command": "distill", "buffer": str(buf.resolve()), **asdict(dcfg)},
+                       defaults=asdict(DistillConfig())) != "complete":
             MTTDistiller(store, bundle, dcfg, run, device=device, progress=progress, log=log).run()
             mark_complete(run)
         synsets.append((f"MTT ipc {ipc}", run))

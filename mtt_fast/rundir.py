@@ -25,15 +25,25 @@ def _stable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
 
 
-def _first_difference(old: dict, new: dict) -> str | None:
+_MISSING = object()
+
+
+def _first_difference(old: dict, new: dict, defaults: dict | None = None) -> str | None:
+    defaults = defaults or {}
     for k in sorted(set(old) | set(new)):
+        if k not in old and k in new and defaults.get(k, _MISSING) == new[k]:
+            continue  # a setting added by a newer version, left at its default: the old run used that
         if old.get(k) != new.get(k):
             return f"{k}: {old.get(k)!r} there, {new.get(k)!r} now"
     return None
 
 
-def prepare_out(out: str | Path, config: dict, *, overwrite: bool = False, option: str = "--out") -> str:
+def prepare_out(out: str | Path, config: dict, *, overwrite: bool = False, option: str = "--out",
+                defaults: dict | None = None) -> str:
     """Make ``out`` ready for a run with ``config``.
+
+    ``defaults`` holds the default value of settings that newer versions added: a run
+    written before a setting existed matches when the setting is at its default now.
 
     Returns:
         ``"new"`` (fresh directory), ``"resume"`` (unfinished run with the same settings) or
@@ -52,7 +62,7 @@ def prepare_out(out: str | Path, config: dict, *, overwrite: bool = False, optio
             if not cfg_path.is_file():
                 raise UserError(f"{option} {out} exists, is not empty and is not an mtt-fast run directory; choose another {option}")
             old = _stable(read_yaml(cfg_path))
-            diff = _first_difference(old, _stable(_plain(config)))
+            diff = _first_difference(old, _stable(_plain(config)), _plain(defaults or {}))
             if diff:
                 raise UserError(f"{option} {out} holds a run with other settings ({diff}); choose another {option} or pass --overwrite")
             return "complete" if (out / "COMPLETE").exists() else "resume"
