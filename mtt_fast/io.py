@@ -32,6 +32,10 @@ def atomic_target(path: str | Path):
     tmp = Path(name)
     try:
         yield tmp
+        # mkstemp creates 0600; results are shared, so give them the usual 0666 & ~umask
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

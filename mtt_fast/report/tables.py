@@ -14,17 +14,24 @@ def pm(mean: float, std: float) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
-def results_markdown(rows: list[tuple[str, dict]]) -> str:
+def results_markdown(rows: list[tuple[str, dict]], *, archs: list[str] | None = None) -> str:
     """One row per (label, results.json content), one column per architecture.
 
     The headline metric (accuracy, or AUC for a binary task) comes first, then balanced
     accuracy, so an imbalanced test set cannot hide behind a high accuracy.
+
+    Args:
+        rows: ``(label, results.json content)`` pairs.
+        archs: the architecture columns, in order (default: every architecture found). The
+            Average column averages these columns only (the paper's Tables 2-3 pass the
+            unseen architectures).
     """
     if not rows:
         return ""
-    archs: list[str] = []
-    for _, r in rows:
-        archs += [a for a in r["results"] if a not in archs]
+    if archs is None:
+        archs = []
+        for _, r in rows:
+            archs += [a for a in r["results"] if a not in archs]
     metric = rows[0][1]["metric"]
     out = []
     for m in (metric, "balanced_accuracy"):
@@ -49,4 +56,107 @@ def results_markdown(rows: list[tuple[str, dict]]) -> str:
                 line += " | " + (pm(sum(means) / len(means), sum(stds) / len(stds)) if ok else "-")
             out.append(line + " |")
         out.append("")
+    return "\n".join(out)
+
+
+METHOD_COLUMNS = [("random", "Random real"), ("dd", "DD"), ("mtt", "MTT"), ("glad", "GLaD")]
+
+
+def _cell(entry: dict | None, metric: str) -> str:
+    """``headline ± std (bal. b ± s)`` for one Table 1 entry, ``-`` when missing."""
+    if entry is None:
+        return "-"
+    m, s = entry["mean"], entry["std"]
+    head = pm(_num(m.get(metric)), _num(s.get(metric)) or 0.0)
+    if metric == "balanced_accuracy" or m.get("balanced_accuracy") is None:
+        return head
+    return f"{head} (bal. {pm(_num(m['balanced_accuracy']), _num(s.get('balanced_accuracy')) or 0.0)})"
+
+
+def _num(x):
+    return float("nan") if x is None else float(x)
+
+
+def table1_markdown(entries: list[dict]) -> str:
+    """The paper's Table 1: dataset x images per class x method, on the backbone architecture.
+
+    Args:
+        entries: one dict per (dataset, split, ipc, method): ``dataset``, ``split``, ``metric``
+            (the headline metric), ``ipc``, ``ratio_percent``, ``method``, ``arch``, ``runs``,
+            ``mean`` and ``std`` (``{metric: value}``, percent).
+
+    Returns:
+        A Markdown table: the headline metric (accuracy, or AUC for a binary task) as
+        mean ± std over the trained networks, balanced accuracy in brackets beside it.
+    """
+    if not entries:
+        return ""
+    methods = [m for m, _ in METHOD_COLUMNS]
+    extra = sorted({e["method"] for e in entries} - set(methods))
+    cols = METHOD_COLUMNS + [(m, m) for m in extra]
+    archs = sorted({e["arch"] for e in entries})
+    out = [(f"Headline metric, mean ± std over the networks trained from scratch on each synset "
+            f"({', '.join(archs)}, the distillation backbone); balanced accuracy in brackets. "
+            f"`-`: not run.\n"),
+           "| Dataset | Metric | Img/Cls | Ratio % | " + " | ".join(label for _, label in cols) + " |",
+           "|---" * (4 + len(cols)) + "|"]
+    groups: dict[tuple, dict] = {}
+    for e in entries:
+        groups.setdefault((e["dataset"], e["split"], e["metric"]), {}).setdefault(e["ipc"], {})[e["method"]] = e
+    for (dataset, split, metric), by_ipc in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        first = True
+        for ipc in sorted(by_ipc, key=lambda i: (i is None, i if isinstance(i, (int, float)) else 0)):
+            row = by_ipc[ipc]
+            ratio = next((e.get("ratio_percent") for e in row.values() if e.get("ratio_percent") is not None), None)
+            name = dataset + ("" if split == "test" else f" ({split} split)")
+            out.append(f"| {name if first else ''} | {METRIC_NAMES.get(metric, metric) if first else ''} | "
+                       f"{ipc if ipc is not None else '-'} | {'-' if ratio is None else f'{ratio:.4f}'} | "
+                       + " | ".join(_cell(row.get(m), metric) for m, _ in cols) + " |")
+            first = False
+    out.append("")
+    return "\n".join(out)
+
+
+def format_value(v) -> str:
+    """A swept option's value as a short cell (``1e+04``, ``0.5``, ``True``, ``a,b``)."""
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(format_value(x) for x in v)
+    return str(v).replace("|", "\\|")
+
+
+def sweep_rows(summary: dict) -> list[dict]:
+    """The sweep's rows, best validation value first (unfinished / unscored rows last)."""
+    def key(r):
+        v = r.get("best_val")
+        ok = isinstance(v, (int, float)) and not math.isnan(v)
+        return (not ok, -(v if ok else 0.0))
+    return sorted(summary.get("rows", []), key=key)
+
+
+def sweep_markdown(summary: dict) -> str:
+    """The paper's Tables 4-5: one row per sweep point, the swept options as columns.
+
+    Args:
+        summary: a sweep's ``summary.json``: ``metric``, ``keys`` (the swept option names) and
+            ``rows`` (``point``, ``run``, ``best_val``, ``best_iteration``, ``status``).
+    """
+    keys = list(summary.get("keys") or [])
+    for r in summary.get("rows", []):
+        keys += [k for k in (r.get("point") or {}) if k not in keys]
+    metric = summary.get("metric", "accuracy")
+    head = ["#", *keys, f"best val {METRIC_NAMES.get(metric, metric)}", "at iteration", "status", "run"]
+    out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for i, r in enumerate(sweep_rows(summary), 1):
+        v = r.get("best_val")
+        val = "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.1f}"
+        it = r.get("best_iteration")
+        point = r.get("point") or {}
+        cells = [str(i), *(format_value(point[k]) if k in point else "-" for k in keys), val,
+                 "-" if it is None else str(it), str(r.get("status", "-")), f"`{r.get('run', '-')}`"]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
     return "\n".join(out)
