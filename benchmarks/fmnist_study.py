@@ -73,6 +73,18 @@ def _gan(bundle, out: Path, device, log) -> Path:
     return gan
 
 
+def _generator_record(path: str | None) -> dict | None:
+    """Where the GLaD generator came from: its directory, training settings and quality numbers."""
+    if not path:
+        return None
+    from mtt_fast.io import read_jsonl, read_yaml
+
+    p = Path(path)
+    quality = [r for r in read_jsonl(p / "metrics.jsonl") if "class_consistency" in r]
+    return {"dir": str(p.resolve()), "config": read_yaml(p / "config.yaml"),
+            "class_consistency": [(r["step"], r["class_consistency"]) for r in quality]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="fmnist-study")
@@ -84,6 +96,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-report", action="store_true", help="Run the stages, do not write benchmarks/results.")
+    ap.add_argument("--generator", default=None,
+                    help="Use this `mtt-fast gan train` directory instead of training one with GAN (recorded in the report).")
     args = ap.parse_args()
     t_start = time.perf_counter()
     out, device, seed = Path(args.out), torch.device(args.device), args.seed
@@ -105,7 +119,7 @@ def main() -> None:
 
     # 2. GLaD: train the generator, then distill in its latent space
     if "glad" in methods:
-        gan = _gan(bundle, out, device, print)
+        gan = Path(args.generator) if args.generator else _gan(bundle, out, device, print)
         for ipc in ipcs:
             kw = {**DEMO["distill"][ipc], **DEMO["distill_eval"], **GLAD}
             cfg = DistillConfig(method="glad", ipc=ipc, dsa=dsa, seed=seed, generator=str(gan.resolve()), **kw)
@@ -120,7 +134,7 @@ def main() -> None:
             runs[("dd", ipc)] = out / f"dd_ipc{ipc}"
             _distill(DDDistiller, store, bundle, cfg, runs[("dd", ipc)], device, print)
 
-    # 4. cross-architecture evaluation on the test split
+    # 4. cross-architecture evaluation on the test split, one run directory per architecture
     ecfg = EvalConfig(epochs=args.eval_epochs, dsa=dsa, width=store.meta["width"], depth=store.meta["depth"])
     rows, table_json = [], []
     for method in ("random", "dd", "mtt", "glad"):
@@ -128,25 +142,31 @@ def main() -> None:
             continue
         for ipc in ipcs:
             run = runs[(method, ipc)]
-            res_dir = run / "eval_cross"
-            cfg = {"command": "eval", "synset": str(run), "archs": archs, "repeats": args.repeats, "seed": seed,
-                   **asdict(ecfg)}
-            if prepare_out(res_dir, cfg) == "complete":
-                results = read_json(res_dir / "results.json")
-            else:
-                print(f"evaluating {method} ipc {ipc} on {', '.join(archs)} x {args.repeats}")
-                t0 = time.perf_counter()
-                results = evaluate_synset(Synset.load(run), bundle, archs, ecfg, repeats=args.repeats, seed=seed,
-                                          device=device, progress=True)
-                results["wall_seconds"] = time.perf_counter() - t0
-                write_results(res_dir, results, method)
-                mark_complete(res_dir)
+            merged, seconds = None, 0.0
+            for arch in archs:
+                res_dir = run / "eval_cross" / arch
+                cfg = {"command": "eval", "synset": str(run), "archs": [arch], "repeats": args.repeats, "seed": seed,
+                       **asdict(ecfg)}
+                if prepare_out(res_dir, cfg, defaults=asdict(EvalConfig())) == "complete":
+                    results = read_json(res_dir / "results.json")
+                else:
+                    print(f"evaluating {method} ipc {ipc} on {arch} x {args.repeats}", flush=True)
+                    t0 = time.perf_counter()
+                    results = evaluate_synset(Synset.load(run), bundle, [arch], ecfg, repeats=args.repeats, seed=seed,
+                                              device=device, progress=False)
+                    results["wall_seconds"] = time.perf_counter() - t0
+                    write_results(res_dir, results, method)
+                    mark_complete(res_dir)
+                seconds += results.get("wall_seconds", 0.0)
+                if merged is None:
+                    merged = {**results, "results": {}}
+                merged["results"][arch] = results["results"][arch]
             label = {"random": "random real", "dd": "DD", "mtt": "MTT", "glad": "GLaD (MTT)"}[method]
-            rows.append((label, results))
+            rows.append((label, merged))
             wall = read_json(run / "wall.json")["seconds"] if (run / "wall.json").is_file() else None
             table_json.append({"method": method, "ipc": ipc, "run": str(run), "distill_seconds": wall,
-                               "eval_seconds": results.get("wall_seconds"),
-                               "results": {a: {"mean": r["mean"], "std": r["std"]} for a, r in results["results"].items()}})
+                               "eval_seconds": seconds,
+                               "results": {a: {"mean": r["mean"], "std": r["std"]} for a, r in merged["results"].items()}})
     table = results_markdown(rows)
     print(table)
     if args.no_report:
@@ -154,6 +174,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     meta = {"device": str(device), "torch": torch.__version__, "commit": source_commit(),
             "threads": torch.get_num_threads(), "command": " ".join(["python", *sys.argv]),
+            "generator": _generator_record(args.generator),
             "budget": {"demo": DEMO, "gan": GAN, "glad": GLAD, "dd": DD, "eval_epochs": args.eval_epochs,
                        "repeats": args.repeats, "archs": archs},
             "wall_seconds_this_invocation": time.perf_counter() - t_start}

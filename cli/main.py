@@ -248,6 +248,11 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
                     ("--checkpoint-it", checkpoint_it), ("--eval-epochs", eval_epochs), ("--eval-repeats", eval_repeats)):
         if v < 1:
             raise UserError(f"{name} must be at least 1 (got {v})")
+    if method == "glad" and not generator:
+        raise UserError("--method glad needs --generator (a `mtt-fast gan train` directory, a TorchScript file, or "
+                        "package.module:factory)")
+    if method != "glad" and generator:
+        raise UserError(f"--generator is only used by --method glad (got --method {method})")
     store = TrajectoryStore.open(buffer_dir)
     defaults = DD_DEFAULTS if method == "dd" else {"lr_img": DistillConfig.lr_img, "lr_lr": DistillConfig.lr_lr}
     lr_img = defaults["lr_img"] if lr_img is None else lr_img
@@ -261,11 +266,6 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
                         offload_history=offload_history,
                         dsa=dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl, eval_it=eval_it, eval_epochs=eval_epochs,
                         eval_repeats=eval_repeats, checkpoint_it=checkpoint_it, seed=seed)
-    if method == "glad" and not generator:
-        raise UserError("--method glad needs --generator (a `mtt-fast gan train` directory, a TorchScript file, or "
-                        "package.module:factory)")
-    if method != "glad" and generator:
-        raise UserError(f"--generator is only used by --method glad (got --method {method})")
     if method in ("mtt", "glad"):
         store.check_epochs(expert_epochs, max_start_epoch)
     out = out_path(out)
@@ -413,6 +413,8 @@ def demo(out, data_root, overwrite, seed, device, progress):
 
 from mtt_fast.cli.gan import gan  # noqa: E402
 main.add_command(gan)
+from mtt_fast.cli.report import report  # noqa: E402
+main.add_command(report)
 
 if __name__ == "__main__":
     main()

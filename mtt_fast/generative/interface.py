@@ -18,7 +18,8 @@ and these methods (all pure functions of their inputs; no randomness, no noise i
 * ``render(f: Optional[Tensor], ws [n, num_ws, w_dim], layer: int) -> images``: with
   ``layer = -1`` (and ``f = None``) the whole synthesis; otherwise continue from ``f`` (the
   output of block ``layer``) through blocks ``layer + 1 ..``, reading only
-  ``ws[:, layer + 1:]``. Images are ``[n, img_channels, img_resolution, img_resolution]``
+  ``ws[:, layer + 1:]`` and, for the output (toRGB) layer, ``ws[:, -1]`` (so with
+  ``layer = num_ws - 1`` only the last style vector still matters). Images are ``[n, img_channels, img_resolution, img_resolution]``
   with pixels nominally in ``[-1, 1]`` (-1 black, 1 white).
 
 So ``G(ws) = render(features(ws, k), ws, k)`` for every ``k``: GLaD's ``G = G_after_k o

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from mtt_fast.experts import TrajectoryStore
+from mtt_fast.generative import load_generator, to_model_space
+from mtt_fast.io import load_tensors
 from mtt_fast.synth import Synset
 
 from tests.cli.conftest import run
@@ -62,3 +65,96 @@ def test_sweep_bad_grid_is_one_clear_error(tmp_path):
     grid.write_text("grid:\n  lr_img: 5\n")
     r = run("sweep", grid, "--out", tmp_path / "s", ok=False)
     assert r.exit_code == 2 and "must be a non-empty list" in r.output
+
+
+GAN_TINY = ["--res", "16", "--steps", "4", "--batch-size", "4", "--z-dim", "8", "--w-dim", "16", "--channel-base", "64",
+            "--channel-max", "8", "--r1-interval", "2", "--checkpoint-every", "2", "--quality-every", "4",
+            "--sample-every", "4", "--quality-samples", "2", "--classifier-epochs", "1", "--log-every", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def generator_dir(crc_root, tmp_path_factory):
+    """A tiny generator trained on the same tiny CRC set as the store."""
+    out = tmp_path_factory.mktemp("gan") / "gan"
+    run("gan", "train", "--dataset", "crc", "--data-root", crc_root, "--cache-dir", tmp_path_factory.mktemp("c"),
+        *GAN_TINY, "--out", out)
+    return out
+
+
+GLAD = ["--method", "glad", "--ipc", "2", "--syn-steps", "2", "--iterations", "3", "--eval-it", "3", "--eval-epochs", "2",
+        "--max-start-epoch", "1", "--expert-epochs", "1", "--g-batch", "3", "--no-progress"]
+
+
+@pytest.mark.parametrize("space, layer, learn_g", [("wp", -1, False), ("w", 0, True), ("z", 1, False), ("p", 0, False)])
+def test_gan_train_then_glad_distill_then_eval(store, generator_dir, tmp_path, space, layer, learn_g):
+    out = tmp_path / "glad"
+    args = ["distill", "--buffer", store, *GLAD, "--generator", generator_dir, "--space", space, "--layer", str(layer),
+            *(["--learn-g"] if learn_g else []), "--out", out]
+    run(*args)
+    s = Synset.load(out)
+    assert s.meta["method"] == "glad" and s.images.shape == (4, 3, 16, 16)
+    assert s.meta["glad"]["space"] == space and s.meta["glad"]["generator"]["kind"] == "mtt-fast"
+    lat = load_tensors(out / "synset" / "latents.safetensors")
+    ref = json.loads((out / "synset" / "generator.json").read_text())
+    assert ref["space"] == space and ref["layer"] == layer
+    if space == "p":
+        assert set(lat) == {"labels", "pixels"}
+    else:
+        assert ("f_latents" in lat) == (layer >= 0)
+        assert (out / "synset" / "generator.safetensors").is_file() == learn_g
+        # the stored images are the generator's rendering of the stored latents
+        G, _ = load_generator(str(generator_dir))
+        if learn_g:
+            G.load_state_dict(load_tensors(out / "synset" / "generator.safetensors"))
+        ws = {"wp": lambda t: t, "w": lambda t: t.unsqueeze(1).expand(-1, G.num_ws, -1),
+              "z": lambda t: G.mapping(t, lat["labels"]).unsqueeze(1).expand(-1, G.num_ws, -1)}[space](lat["latents"])
+        with torch.no_grad():
+            img = G.render(lat.get("f_latents"), ws, layer)
+        torch.testing.assert_close(to_model_space(img, s.meta["normalization"]["mean"], s.meta["normalization"]["std"]),
+                                   s.images, rtol=1e-4, atol=1e-4)
+    assert "nothing to do" in run(*args).output
+    run("eval", "--synset", out, "--repeats", "1", "--epochs", "2", "--no-progress", "--out", tmp_path / "ev")
+
+
+def test_glad_resume_refuses_another_generator(store, generator_dir, tmp_path, monkeypatch):
+    out = tmp_path / "glad"
+    args = ["distill", "--buffer", store, *GLAD, "--generator", generator_dir, "--checkpoint-it", "1", "--out", out]
+    import mtt_fast.distill.mtt as mtt
+
+    calls = {"n": 0}
+    real_step = mtt.MTTDistiller.step
+
+    def killed_after_two(self):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(mtt.MTTDistiller, "step", killed_after_two)
+    r = run(*args, ok=False)
+    assert r.exit_code == 2 and "interrupted" in r.output
+    monkeypatch.undo()
+    ckpt = json.loads((out / "checkpoint.json").read_text())
+    assert ckpt["iteration"] == 2 and ckpt["generator_sha256"]
+    ckpt["generator_sha256"] = "0" * 64  # as if the generator file had been replaced
+    (out / "checkpoint.json").write_text(json.dumps(ckpt))
+    r = run(*args, ok=False)
+    assert r.exit_code == 2 and "is not the generator this run started with" in r.output
+
+
+def test_glad_bad_generator_is_one_clear_error(store, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torchscript archive")
+    for spec, words in ((bad, "bad.pt"), (tmp_path / "missing", "missing"), ("no_such_module_xyz:make", "no_such_module_xyz")):
+        r = run("distill", "--buffer", store, *GLAD, "--generator", spec, "--out", tmp_path / "o", ok=False)
+        assert r.exit_code == 2 and words in r.output and r.output.count("\n") <= 2, r.output
+    r = run("distill", "--buffer", store, *GLAD, "--out", tmp_path / "o2", ok=False)
+    assert r.exit_code == 2 and "needs --generator" in r.output
+
+
+def test_glad_generator_of_another_resolution_is_refused(store, crc_root, tmp_path):
+    gan = tmp_path / "gan8"
+    run("gan", "train", "--dataset", "crc", "--data-root", crc_root, "--cache-dir", tmp_path / "c",
+        *[a if a != "16" else "8" for a in GAN_TINY], "--out", gan)
+    r = run("distill", "--buffer", store, *GLAD, "--generator", gan, "--out", tmp_path / "o", ok=False)
+    assert r.exit_code == 2 and "train a generator at --res 16" in r.output

@@ -1,0 +1,160 @@
+"""`mtt-fast gan train` end to end on a small slice of Fashion-MNIST (16 px)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+from mtt_fast.cli.main import main
+
+from mtt_fast.data.arrays import FASHION_MNIST_DIR
+from mtt_fast.errors import UserError
+from mtt_fast.generative import check_generator, load_generator
+from mtt_fast.io import load_tensors, read_jsonl
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
+    reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}",
+)
+
+TINY = ["--dataset", "fashion-mnist", "--res", "16", "--data-option", "val_size=500", "--max-train-per-class", "20", "--batch-size", "8",
+        "--z-dim", "8", "--w-dim", "16", "--channel-base", "64", "--channel-max", "8", "--r1-interval", "4",
+        "--checkpoint-every", "10", "--quality-every", "10", "--sample-every", "10", "--quality-samples", "4",
+        "--classifier-epochs", "1", "--log-every", "5", "--num-threads", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks: one thread (two spin-wait badly on a shared 2-core machine); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(*args, ok: bool = True):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("gan") / "run"
+    r = run("gan", "train", *TINY, "--cache-dir", cache, "--steps", "20", "--out", out)
+    return out, r.output
+
+
+def test_gan_train_writes_everything(finished):
+    out, output = finished
+    assert "class consistency" in output
+    for name in ("generator.safetensors", "generator.json", "checkpoint.safetensors", "checkpoint.json",
+                 "classifier.safetensors", "classifier.json", "samples_000010.png", "samples_000020.png",
+                 "metrics.jsonl", "config.yaml", "COMPLETE"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "generator.json").read_text())
+    assert doc["format"] == "mtt-fast/generator" and doc["step"] == 20
+    assert doc["classes"][0] == "T-shirt/top" and doc["normalization"]["mean"] == [0.286]
+    assert doc["config"]["img_resolution"] == 16 and doc["dataset"]["name"] == "fashion-mnist"
+    recs = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [5, 10, 15, 20]
+    q = [r for r in recs if "class_consistency" in r]
+    assert [r["step"] for r in q] == [10, 20]
+    assert 0 <= q[-1]["class_consistency"] <= 100 and len(q[-1]["per_class"]) == 10
+    assert all(k in recs[0] for k in ("loss_G", "loss_D", "r1", "D_real", "D_fake"))
+    g, ref = load_generator(str(out))
+    assert ref["kind"] == "mtt-fast" and ref["num_classes"] == 10
+    check_generator(g, str(out))
+
+
+def test_rerun_is_a_noop(finished, cache):
+    out, _ = finished
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    r = run("gan", "train", *TINY, "--cache-dir", cache, "--steps", "20", "--out", out)
+    assert "nothing to do" in r.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    r = run("gan", "train", *TINY, "--cache-dir", cache, "--steps", "30", "--out", out, ok=False)
+    assert r.exit_code == 2 and "other settings" in r.output
+
+
+def test_killed_run_resumes_to_the_same_generator(finished, cache, tmp_path, monkeypatch):
+    """Kill a run right after its step-10 checkpoint; rerunning finishes it with exactly the
+    weights of the uninterrupted run (every random draw comes from the saved generator state)."""
+    import mtt_fast.generative.train as tr
+
+    ref_out, _ = finished
+    out = tmp_path / "run"
+    real_save = tr._save_checkpoint
+
+    def save_then_die(path, cfg, step, *a, **k):
+        real_save(path, cfg, step, *a, **k)
+        if step == 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "_save_checkpoint", save_then_die)
+    r = run("gan", "train", *TINY, "--cache-dir", cache, "--steps", "20", "--out", out, ok=False)
+    assert r.exit_code == 2 and "interrupted" in r.output
+    assert not (out / "COMPLETE").exists()
+    monkeypatch.setattr(tr, "_save_checkpoint", real_save)
+    r = run("gan", "train", *TINY, "--cache-dir", cache, "--steps", "20", "--out", out)
+    assert "resuming from" in r.output and "at step 10" in r.output
+    assert (out / "COMPLETE").is_file()
+    a, b = load_tensors(ref_out / "generator.safetensors"), load_tensors(out / "generator.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [5, 10, 15, 20]
+
+
+def test_nan_loss_stops_with_a_user_error(tmp_path, monkeypatch):
+    from mtt_fast.data import load_dataset
+    from mtt_fast.generative import GANConfig, train_gan
+
+    bundle = load_dataset("fashion-mnist", None, 16, progress=False, cache_dir=str(tmp_path), options={"val_size": 500})
+    cfg = GANConfig(steps=6, batch_size=4, z_dim=8, w_dim=16, channel_base=64, channel_max=8, max_train_per_class=5,
+                    checkpoint_every=2, quality_every=100, sample_every=100, quality_samples=2, classifier_epochs=1)
+    real = GANConfig.discriminator
+
+    def nan_after(self, b):
+        d = real(self, b)
+        fwd, calls = d.forward, [0]
+
+        def forward(x, labels):
+            calls[0] += 1
+            out = fwd(x, labels)
+            return out * float("nan") if calls[0] > 9 else out  # 3 D calls per step: NaN from step 4
+
+        d.forward = forward
+        return d
+
+    monkeypatch.setattr(GANConfig, "discriminator", nan_after)
+    with pytest.raises(UserError, match=r"diverged at step 4 .*--lr.*--r1-gamma.*last checkpoint"):
+        train_gan(bundle, tmp_path / "out", cfg, progress=False, log=lambda m: None)
+    assert (tmp_path / "out" / "checkpoint.safetensors").is_file()
+
+
+def test_classifier_from_an_expert_store(tmp_path, cache):
+    store = tmp_path / "store"
+    run("buffer", "--dataset", "fashion-mnist", "--res", "16", "--data-option", "val_size=500", "--cache-dir", cache,
+        "--max-train-per-class", "10", "--width", "8", "--depth", "2", "--num-experts", "1", "--epochs", "1",
+        "--batch-size", "32", "--no-progress", "--out", store)
+    out = tmp_path / "gan"
+    r = run("gan", "train", *TINY, "--cache-dir", cache, "--steps", "4", "--classifier-store", store, "--out", out)
+    assert "classifier (store)" in r.output
+    assert not (out / "classifier.safetensors").exists()
+    doc = json.loads((out / "generator.json").read_text())
+    assert doc["classifier"]["source"] == "store" and doc["classifier"]["epoch"] == 1
+    # a store of another resolution is refused in one line naming the option
+    bad = [a if a != "16" else "8" for a in TINY]
+    r = run("gan", "train", *bad, "--cache-dir", cache, "--steps", "4", "--classifier-store", store,
+            "--out", tmp_path / "gan8", ok=False)
+    assert r.exit_code == 2 and "--classifier-store" in r.output and "16 px" in r.output
