@@ -51,6 +51,26 @@ TORCH_LIBRARY(mtt_fast, m) {
   // The transpose of dsa_forward's linear part (the op is affine in x): grad_x for the
   // upstream gradient grad_y. Independent of x and of the noise.
   m.def("dsa_backward(Tensor grad_y, Tensor params, int flags) -> Tensor");
+
+  // ---- convblock: instance norm (GroupNorm(C, C), affine) + ReLU + 2x2 avg pool ------
+  // (csrc/block; the formulas of all three ops are in csrc/block/block.h.)
+  // x: the conv output [B, C, H, W] (H, W >= 2), float32 | float64, contiguous; weight,
+  // bias: [C] (the norm's affine). Returns y [B, C, H/2, W/2] (floor, as nn.AvgPool2d(2, 2))
+  // and stats [B, C, 2] = (mean, rstd) per (sample, channel), which the backward ops take.
+  m.def(
+      "convblock_forward(Tensor x, Tensor weight, Tensor bias, float eps)"
+      " -> (Tensor, Tensor)");
+  // grad_y: [B, C, H/2, W/2]; stats: convblock_forward's stats of this x. Returns
+  // (grad_x, grad_weight, grad_bias). Its derivatives w.r.t. x are total (through the stats).
+  m.def(
+      "convblock_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias, Tensor stats)"
+      " -> (Tensor, Tensor, Tensor)");
+  // The vector-Jacobian product of convblock_backward for cotangents (r_x, r_weight,
+  // r_bias) of its outputs (None = zero). Returns the gradients w.r.t. (grad_y, x, weight);
+  // those w.r.t. bias are zero (the ReLU mask is piecewise constant).
+  m.def(
+      "convblock_double_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor bias,"
+      " Tensor stats, Tensor? r_x, Tensor? r_weight, Tensor? r_bias) -> (Tensor, Tensor, Tensor)");
 }
 
 }  // namespace mtt_fast

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtt_fast.errors import UserError
+from mtt_fast.ops import block as fused_block
 
 
 def instance_norm(channels: int) -> nn.GroupNorm:
@@ -34,12 +35,26 @@ class ConvNet(nn.Module):
         res: input height = width.
         width: filters per conv layer (paper: 128).
         depth: number of blocks (paper: 3; ConvNetD4, D5 for larger images).
+        block_impl: how each norm -> ReLU -> pool runs: ``"auto"`` (the fused, twice
+            differentiable op of :mod:`mtt_fast.ops.block` when the compiled core has a
+            kernel for the input's device and dtype, decided per forward call; else the
+            native nn modules), ``"fused"`` (always; RuntimeError where unavailable) or
+            ``"reference"`` (always the native nn modules). The parameters (names, order,
+            shapes) are the same for all three, so flat vectors and stored trajectories are
+            interchangeable; the attribute may be changed after construction.
 
     Shapes: input ``[B, channels, res, res]`` -> logits ``[B, num_classes]``.
     """
 
-    def __init__(self, channels: int, num_classes: int, res: int, width: int = 128, depth: int = 3):
+    BLOCK_IMPLS = ("auto", "fused", "reference")
+
+    def __init__(self, channels: int, num_classes: int, res: int, width: int = 128, depth: int = 3,
+                 block_impl: str = "auto"):
         super().__init__()
+        if block_impl not in self.BLOCK_IMPLS:
+            raise UserError(f"block_impl must be one of {', '.join(self.BLOCK_IMPLS)}, got {block_impl!r}")
+        self.block_impl = block_impl
+        self.depth = depth
         layers: list[nn.Module] = []
         in_ch, size = channels, res
         for d in range(depth):
@@ -55,8 +70,29 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * size * size, num_classes)
 
+    def use_fused(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` on ``x`` runs the fused blocks (see ``block_impl``)."""
+        if self.block_impl == "reference":
+            return False
+        ok = fused_block.fused_available(x.device, x.dtype)
+        if self.block_impl == "fused" and not ok:
+            raise RuntimeError(
+                f"ConvNet(block_impl='fused'): {fused_block.unavailable_reason(x.device, x.dtype)}"
+            )
+        return ok
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        if not self.use_fused(x):
+            return self.classifier(self.features(x).flatten(1))
+        # features = depth x [conv, norm, relu, pool]; parameters are read from the modules,
+        # so torch.func.functional_call's substituted (flat-vector) parameters are used.
+        # "auto" re-decides per block (autocast may hand the norm another dtype than x's)
+        impl = "fused" if self.block_impl == "fused" else "auto"
+        h = x
+        for d in range(self.depth):
+            conv, norm = self.features[4 * d], self.features[4 * d + 1]
+            h = fused_block.convblock(conv(h), norm.weight, norm.bias, norm.eps, impl=impl)
+        return self.classifier(h.flatten(1))
 
 
 class AlexNet(nn.Module):
@@ -172,7 +208,8 @@ ARCHS = ("convnet", "convnetd1", "convnetd2", "convnetd3", "convnetd4", "convnet
 
 
 def get_network(
-    arch: str, channels: int, num_classes: int, res: int, *, width: int = 128, depth: int = 3
+    arch: str, channels: int, num_classes: int, res: int, *, width: int = 128, depth: int = 3,
+    block_impl: str = "auto",
 ) -> nn.Module:
     """Build a network by name.
 
@@ -181,12 +218,14 @@ def get_network(
             ``vgg11`` or ``resnet18`` (case-insensitive).
         channels, num_classes, res: the data's shape.
         width, depth: ConvNet width and depth (ignored by the other architectures).
+        block_impl: the ConvNet's norm/ReLU/pool implementation (``auto``, ``fused``,
+            ``reference``; see :class:`ConvNet`); ignored by the other architectures.
     """
     name = arch.lower().replace("-", "").replace("_", "")
     if name == "convnet":
-        return ConvNet(channels, num_classes, res, width=width, depth=depth)
+        return ConvNet(channels, num_classes, res, width=width, depth=depth, block_impl=block_impl)
     if name.startswith("convnetd") and name[8:].isdigit():
-        return ConvNet(channels, num_classes, res, width=width, depth=int(name[8:]))
+        return ConvNet(channels, num_classes, res, width=width, depth=int(name[8:]), block_impl=block_impl)
     if name == "alexnet":
         return AlexNet(channels, num_classes, res)
     if name == "vgg11":

@@ -4,6 +4,9 @@
   CUDA twins in ``csrc/traj_loss``) or pure PyTorch (``impl=``).
 * :mod:`mtt_fast.ops.dsa`: the fused differentiable Siamese augmentation (CPU and CUDA
   twins in ``csrc/dsa``); use it through ``mtt_fast.augment.apply(..., impl="fused")``.
+* :mod:`mtt_fast.ops.block` / :func:`convblock`: the fused ConvNet block (instance norm +
+  ReLU + 2x2 average pool) with compiled backward and double backward (``csrc/block``);
+  :class:`mtt_fast.models.ConvNet` uses it (``block_impl=``).
 * :func:`extension_loaded` / :func:`extension_info`: whether ``mtt_fast._C`` is live,
   and what it holds (``mtt-fast info`` prints this).
 * :mod:`mtt_fast.ops.reference`: the pure-PyTorch reference of every op (the spec).
@@ -12,7 +15,11 @@ The ops themselves live in ``torch.ops.mtt_fast`` once ``mtt_fast._C`` is loaded
 ``traj_loss(student, target, start) -> Tensor``,
 ``traj_loss_backward(grad, student, target, start) -> (Tensor, Tensor, Tensor)``,
 ``dsa_forward(x, params, noise, flags) -> Tensor``,
-``dsa_backward(grad_y, params, flags) -> Tensor`` and ``built_with_cuda() -> bool``.
+``dsa_backward(grad_y, params, flags) -> Tensor``,
+``convblock_forward(x, weight, bias, eps) -> (Tensor, Tensor)``,
+``convblock_backward(grad_y, x, weight, bias, stats) -> (Tensor, Tensor, Tensor)``,
+``convblock_double_backward(grad_y, x, weight, bias, stats, r_x, r_weight, r_bias) ->
+(Tensor, Tensor, Tensor)`` and ``built_with_cuda() -> bool``.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from typing import Any
 
 import torch
 
-from mtt_fast.ops import _load, dsa, reference
+from mtt_fast.ops import _load, block, dsa, reference
+from mtt_fast.ops.block import convblock
 from mtt_fast.ops.traj_loss import trajectory_loss
 
-__all__ = ["dsa", "extension_info", "extension_loaded", "reference", "trajectory_loss"]
+__all__ = ["block", "convblock", "dsa", "extension_info", "extension_loaded", "reference", "trajectory_loss"]
 
 
 def extension_loaded() -> bool:

@@ -131,3 +131,31 @@ def dsa(x: Tensor, params: Tensor, noise: Tensor | None, flags: int) -> Tensor:
         assert noise is not None, "flags ask for noise but none was given"
         y = y + p[:, 19].view(b, 1, 1, 1) * noise.to(dtype=x.dtype, device=x.device)
     return y
+
+
+def convblock(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """The ConvNet block after its conv: instance norm (affine), ReLU, 2x2 average pool.
+
+    ``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2)``: ``GroupNorm(C, C)`` with
+    the biased per-(sample, channel) variance, then the pool of ``nn.AvgPool2d(2, 2)``
+    (floor: an odd last row/column is dropped). What ``torch.ops.mtt_fast.convblock_forward``
+    returns as ``y``.
+
+    Args:
+        x: the conv output ``[B, C, H, W]``, H and W at least 2.
+        weight, bias: ``[C]`` the norm's affine parameters.
+        eps: added to the variance (``nn.GroupNorm``'s default 1e-5).
+
+    Returns:
+        ``[B, C, H // 2, W // 2]``.
+    """
+    c = x.shape[1]
+    z = torch.nn.functional.group_norm(x, c, weight, bias, eps)
+    return torch.nn.functional.avg_pool2d(torch.relu(z), 2)
+
+
+def convblock_stats(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """``[B, C, 2]``: the per-(sample, channel) mean and ``1 / sqrt(var + eps)`` of ``x``."""
+    mu = x.mean(dim=(2, 3))
+    var = x.var(dim=(2, 3), unbiased=False)
+    return torch.stack((mu, torch.rsqrt(var + eps)), dim=-1)
