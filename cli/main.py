@@ -223,6 +223,9 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @click.option("--lr-g", type=float, default=0.01, show_default=True, help="glad: SGD learning rate of the generator's weights.")
 @click.option("--g-batch", type=int, default=100, show_default=True,
               help="glad: images rendered per generator call (generator memory does not grow with ipc).")
+@click.option("--block-impl", type=click.Choice(["auto", "fused", "reference"]), default="auto", show_default=True,
+              help="ConvNet student blocks (instance norm + ReLU + avg pool, and their first and second derivatives): "
+                   "auto (the fused compiled op where built for the device), fused (fail if unavailable), reference.")
 @click.option("--dd-models", type=int, default=4, show_default=True, help="dd: random initializations per iteration.")
 @click.option("--batch-real", type=int, default=256, show_default=True, help="dd: real images the updated networks are scored on.")
 @click.option("--eval-it", type=int, default=100, show_default=True, help="Evaluate on the validation split every this many iterations.")
@@ -236,7 +239,7 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @common_options
 @user_errors
 def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, iterations, engine, offload_history, lr_img, lr_lr,
-            lr_teacher, batch_syn, pix_init, generator, space, layer, avg_w, lr_w, learn_g, lr_g, g_batch, dd_models, batch_real, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy, dsa_mode, dsa_impl, data_root,
+            lr_teacher, batch_syn, pix_init, generator, space, layer, avg_w, lr_w, learn_g, lr_g, g_batch, block_impl, dd_models, batch_real, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy, dsa_mode, dsa_impl, data_root,
             out, overwrite, seed, device, progress):
     """Distill a synthetic set from a trajectory store."""
     from mtt_fast.distill import DD_DEFAULTS, DDDistiller, DistillConfig, GLaDDistiller, MTTDistiller, distill_random
@@ -261,7 +264,8 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
                         max_start_epoch=max_start_epoch, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr,
                         lr_teacher=lr_teacher, batch_syn=batch_syn, pix_init=pix_init, engine=engine,
                         generator=_generator_spec(generator) if method == "glad" else None, space=space, layer=layer,
-                        avg_w=avg_w, lr_w=lr_w, learn_g=learn_g, lr_g=lr_g, g_batch=g_batch, dd_models=dd_models,
+                        avg_w=avg_w, lr_w=lr_w, learn_g=learn_g, lr_g=lr_g, g_batch=g_batch, block_impl=block_impl,
+                        dd_models=dd_models,
                         batch_real=batch_real,
                         offload_history=offload_history,
                         dsa=dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl, eval_it=eval_it, eval_epochs=eval_epochs,

@@ -76,6 +76,7 @@ class DistillConfig:
     offload_history: bool = False
     dsa: dict = field(default_factory=lambda: asdict(DSAConfig()))
     dsa_impl: str = "auto"
+    block_impl: str = "auto"
     eval_it: int = 100
     eval_epochs: int = 300
     eval_repeats: int = 1
@@ -108,7 +109,12 @@ class MTTDistiller:
             if cfg.engine == "full":
                 raise UserError("--offload-history needs --engine adjoint or tesla (full keeps no history)")
             self.engine = functools.partial(self.engine, offload=True)
-        self.student = Student.of(store.build_network().to(self.device), aug_impl=cfg.dsa_impl)
+        if cfg.block_impl == "fused":
+            from mtt_fast.ops import block as fused_block
+
+            if not fused_block.fused_available(self.device, torch.float32):
+                raise UserError(f"--block-impl fused: {fused_block.unavailable_reason(self.device, torch.float32)}")
+        self.student = Student.of(store.build_network(block_impl=cfg.block_impl).to(self.device), aug_impl=cfg.dsa_impl)
         self.dsa = DSAConfig.from_dict(cfg.dsa)
         self.metric = headline_metric(bundle.num_classes)
         self.val = bundle.split("val")

@@ -84,10 +84,15 @@ class TrajectoryStore:
     def expert_lr(self) -> float:
         return float(self.meta["training"]["lr"])
 
-    def build_network(self) -> torch.nn.Module:
-        """A fresh instance of the architecture the experts were trained with."""
+    def build_network(self, block_impl: str = "auto") -> torch.nn.Module:
+        """A fresh instance of the architecture the experts were trained with.
+
+        ``block_impl``: the ConvNet's instance-norm/ReLU/pool blocks (``auto``: the fused
+        compiled op where it is built for the input's device and dtype; ``fused``; ``reference``).
+        """
         m = self.meta
-        net = get_network(m["arch"], m["channels"], len(m["classes"]), m["res"], width=m["width"], depth=m["depth"])
+        net = get_network(m["arch"], m["channels"], len(m["classes"]), m["res"], width=m["width"], depth=m["depth"],
+                          block_impl=block_impl)
         if FlatParams.of(net) != self.layout:
             raise UserError(f"--buffer {self.path}: its parameter layout does not match the network {m['arch']} builds here")
         return net

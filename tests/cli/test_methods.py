@@ -158,3 +158,20 @@ def test_glad_generator_of_another_resolution_is_refused(store, crc_root, tmp_pa
         *[a if a != "16" else "8" for a in GAN_TINY], "--out", gan)
     r = run("distill", "--buffer", store, *GLAD, "--generator", gan, "--out", tmp_path / "o", ok=False)
     assert r.exit_code == 2 and "train a generator at --res 16" in r.output
+
+
+def test_block_impl_reference_and_fused_distill_the_same(store, tmp_path):
+    """The fused student blocks change speed, not the result (same seed, a few iterations)."""
+    from mtt_fast.ops import block
+
+    args = ["distill", "--buffer", store, "--ipc", "1", "--syn-steps", "3", "--iterations", "2", "--eval-it", "2",
+            "--eval-epochs", "2", "--max-start-epoch", "1", "--expert-epochs", "1", "--no-progress"]
+    run(*args, "--block-impl", "reference", "--out", tmp_path / "ref")
+    if not block.fused_available("cpu", torch.float32):
+        r = run(*args, "--block-impl", "fused", "--out", tmp_path / "fused", ok=False)
+        assert r.exit_code == 2 and "--block-impl fused" in r.output
+        return
+    run(*args, "--block-impl", "fused", "--out", tmp_path / "fused")
+    a, b = Synset.load(tmp_path / "ref" / "synset_last"), Synset.load(tmp_path / "fused" / "synset_last")
+    torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-4)
+    assert abs(a.syn_lr - b.syn_lr) < 1e-6
