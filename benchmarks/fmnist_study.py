@@ -90,7 +90,8 @@ def main() -> None:
     ap.add_argument("--out", default="fmnist-study")
     ap.add_argument("--methods", default="random,dd,mtt,glad")
     ap.add_argument("--ipcs", default="1,10")
-    ap.add_argument("--archs", default="convnet,alexnet,vgg11,resnet18")
+    ap.add_argument("--archs", default="convnet,alexnet,resnet18",
+                    help="VGG11 needs at least 28 px for 1 channel; the study runs at 16 px")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--eval-epochs", type=int, default=300)
     ap.add_argument("--device", default="cpu")

@@ -353,7 +353,9 @@ def sweep(grid, preset, out, device, progress):
 @click.option("--archs", default="convnet", show_default=True, help="Comma-separated: convnet,alexnet,vgg11,resnet18.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Networks trained per architecture.")
 @click.option("--epochs", type=int, default=1000, show_default=True, help="Half linear warm-up, half cosine decay.")
-@click.option("--lr", type=float, default=None, help="Starting learning rate (default: the synset's learned syn_lr, else 0.01).")
+@click.option("--lr", type=float, default=None,
+              help="Starting learning rate of every architecture (default: the synset's learned syn_lr on its own "
+                   "backbone; alexnet 0.001, vgg11 0.0001, resnet18 0.001 as the GLaD reference; else 0.01).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 @dsa_options

@@ -132,7 +132,11 @@ def evaluate_arch(
             arch, images, labels, channels=images.shape[1], num_classes=len(split.classes),
             res=images.shape[-1], lr=lr, cfg=cfg, seed=seed + 7919 * r, device=device, progress=progress,
         )
-        runs.append(compute_metrics(predict_proba(model, split, device), split.labels, len(split.classes)))
+        probs = predict_proba(model, split, device)
+        if not torch.isfinite(probs).all():
+            raise UserError(f"evaluation training of {arch} diverged (its predictions are NaN or infinite); "
+                            f"lower --lr (now {lr:g})")
+        runs.append(compute_metrics(probs, split.labels, len(split.classes)))
     return {"runs": runs, **summarize(runs)}
 
 

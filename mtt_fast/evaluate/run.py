@@ -14,6 +14,23 @@ from mtt_fast.report.tables import results_markdown
 from mtt_fast.synth import Synset
 
 
+#: Starting learning rates of the unseen architectures, as the GLaD reference evaluates them
+#: (``glad_utils.get_eval_lrs``): the learned syn_lr belongs to the backbone the synset was
+#: distilled with, and e.g. AlexNet (no normalization layers) diverges at a ConvNet's 0.03-0.05.
+UNSEEN_ARCH_LR = {"alexnet": 0.001, "vgg11": 0.0001, "resnet18": 0.001}
+
+
+def eval_lr(synset: Synset, arch: str, cfg: EvalConfig) -> float:
+    """``--lr`` if given; else the synset's learned syn_lr on its own backbone; else the
+    reference's rate for an unseen architecture; else ``cfg.default_lr``."""
+    if cfg.lr is not None:
+        return cfg.lr
+    backbone = str(synset.meta.get("arch", "convnet")).lower()
+    if synset.syn_lr is not None and arch.lower() == backbone:
+        return synset.syn_lr
+    return UNSEEN_ARCH_LR.get(arch.lower(), cfg.default_lr)
+
+
 def evaluate_synset(
     synset: Synset,
     bundle,
@@ -27,14 +44,19 @@ def evaluate_synset(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Evaluate ``synset`` on each architecture; returns the ``results.json`` content."""
-    lr = cfg.lr if cfg.lr is not None else (synset.syn_lr if synset.syn_lr is not None else cfg.default_lr)
+    """Evaluate ``synset`` on each architecture; returns the ``results.json`` content.
+
+    The learning rate is :func:`eval_lr` per architecture (recorded per architecture).
+    """
+    lr = eval_lr(synset, archs[0] if archs else "convnet", cfg)
     data = bundle.split(split)
     metric = headline_metric(bundle.num_classes)
     results = {}
     for arch in archs:
-        r = evaluate_arch(arch, synset.images, synset.labels, data, lr=lr, cfg=cfg, repeats=repeats,
+        lr_arch = eval_lr(synset, arch, cfg)
+        r = evaluate_arch(arch, synset.images, synset.labels, data, lr=lr_arch, cfg=cfg, repeats=repeats,
                           seed=seed, device=device, progress=progress)
+        r["lr"] = lr_arch
         results[arch] = r
         log(f"{arch}: {metric} {r['mean'][metric]:.2f} ± {r['std'][metric]:.2f}  "
             f"(balanced accuracy {r['mean']['balanced_accuracy']:.2f} ± {r['std']['balanced_accuracy']:.2f})")
