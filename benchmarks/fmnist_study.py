@@ -28,18 +28,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import source_commit  # noqa: E402
+from _meta import source_commit
 
-from mtt_fast.augment import DSAConfig  # noqa: E402
-from mtt_fast.demo import DEMO, run_demo  # noqa: E402
-from mtt_fast.distill import DD_DEFAULTS, DDDistiller, DistillConfig, GLaDDistiller  # noqa: E402
-from mtt_fast.evaluate.protocol import EvalConfig  # noqa: E402
-from mtt_fast.evaluate.run import evaluate_synset, write_results  # noqa: E402
-from mtt_fast.experts import TrajectoryStore  # noqa: E402
-from mtt_fast.io import read_json, write_json, write_text  # noqa: E402
-from mtt_fast.report.tables import results_markdown  # noqa: E402
-from mtt_fast.rundir import mark_complete, prepare_out  # noqa: E402
-from mtt_fast.synth import Synset  # noqa: E402
+from mtt_fast.augment import DSAConfig
+from mtt_fast.demo import DEMO, run_demo
+from mtt_fast.distill import DD_DEFAULTS, DDDistiller, DistillConfig, GLaDDistiller
+from mtt_fast.evaluate.protocol import EvalConfig
+from mtt_fast.evaluate.run import evaluate_synset, write_results
+from mtt_fast.experts import TrajectoryStore
+from mtt_fast.io import read_json, write_json, write_text
+from mtt_fast.report.tables import results_markdown
+from mtt_fast.rundir import mark_complete, prepare_out
+from mtt_fast.synth import Synset
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

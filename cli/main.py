@@ -242,7 +242,14 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
             lr_teacher, batch_syn, pix_init, generator, space, layer, avg_w, lr_w, learn_g, lr_g, g_batch, block_impl, dd_models, batch_real, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy, dsa_mode, dsa_impl, data_root,
             out, overwrite, seed, device, progress):
     """Distill a synthetic set from a trajectory store."""
-    from mtt_fast.distill import DD_DEFAULTS, DDDistiller, DistillConfig, GLaDDistiller, MTTDistiller, distill_random
+    from mtt_fast.distill import (
+        DD_DEFAULTS,
+        DDDistiller,
+        DistillConfig,
+        GLaDDistiller,
+        MTTDistiller,
+        distill_random,
+    )
     from mtt_fast.experts import TrajectoryStore
     from mtt_fast.rundir import mark_complete, prepare_out
 
@@ -417,9 +424,11 @@ def demo(out, data_root, overwrite, seed, device, progress):
              progress=progress, log=echo)
 
 
-from mtt_fast.cli.gan import gan  # noqa: E402
+from mtt_fast.cli.gan import gan
+
 main.add_command(gan)
-from mtt_fast.cli.report import report  # noqa: E402
+from mtt_fast.cli.report import report
+
 main.add_command(report)
 
 if __name__ == "__main__":

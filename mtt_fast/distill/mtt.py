@@ -41,7 +41,12 @@ from mtt_fast.io import (
 from mtt_fast.match import ENGINES, Student, plan_steps
 from mtt_fast.memory import format_peak_memory, peak_memory
 from mtt_fast.synth import Synset, init_noise, init_real
-from mtt_fast.synth.params import Parameterization, PixelParam, load_optimizer_state, optimizer_state
+from mtt_fast.synth.params import (
+    Parameterization,
+    PixelParam,
+    load_optimizer_state,
+    optimizer_state,
+)
 
 
 @dataclass

@@ -13,7 +13,6 @@ from mtt_fast.io import write_json, write_text
 from mtt_fast.report.tables import results_markdown
 from mtt_fast.synth import Synset
 
-
 #: Starting learning rates of the unseen architectures, as the GLaD reference evaluates them
 #: (``glad_utils.get_eval_lrs``): the learned syn_lr belongs to the backbone the synset was
 #: distilled with, and e.g. AlexNet (no normalization layers) diverges at a ConvNet's 0.03-0.05.

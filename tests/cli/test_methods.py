@@ -11,7 +11,6 @@ from mtt_fast.experts import TrajectoryStore
 from mtt_fast.generative import load_generator, to_model_space
 from mtt_fast.io import load_tensors
 from mtt_fast.synth import Synset
-
 from tests.cli.conftest import run
 
 
@@ -119,7 +118,7 @@ def test_gan_train_then_glad_distill_then_eval(store, generator_dir, tmp_path, s
 def test_glad_resume_refuses_another_generator(store, generator_dir, tmp_path, monkeypatch):
     out = tmp_path / "glad"
     args = ["distill", "--buffer", store, *GLAD, "--generator", generator_dir, "--checkpoint-it", "1", "--out", out]
-    import mtt_fast.distill.mtt as mtt
+    from mtt_fast.distill import mtt
 
     calls = {"n": 0}
     real_step = mtt.MTTDistiller.step

@@ -97,7 +97,7 @@ def test_chunked_backward_equals_end_to_end_autograd(space, layer, learn_g):
 
 
 def test_step_changes_images_and_checkpoint_roundtrip():
-    g, p, labels = _setup("wp", 0, learn_g=True)
+    _, p, _ = _setup("wp", 0, learn_g=True)
     before = p.images().clone()
     p.backward(torch.randn_like(before))
     p.step()
@@ -111,7 +111,7 @@ def test_step_changes_images_and_checkpoint_roundtrip():
 
 
 def test_space_p_renders_once_then_learns_pixels():
-    g, p, labels = _setup("p", 1)
+    _, p, _ = _setup("p", 1)
     assert set(p.learnables()) == {"images"}
     grad = torch.randn_like(p.images())
     p.backward(grad)
