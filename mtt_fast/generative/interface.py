@@ -71,7 +71,8 @@ def check_generator(g: torch.nn.Module, source: str, *, device: torch.device | s
     n, k = 2, info["num_ws"]
     try:
         with torch.no_grad():
-            z = torch.randn(n, info["z_dim"], device=device)
+            p = next(iter(g.parameters()), None)
+            z = torch.randn(n, info["z_dim"], device=device, dtype=p.dtype if p is not None else torch.float32)
             labels = torch.zeros(n, dtype=torch.long, device=device)
             w = g.mapping(z, labels)
             if tuple(w.shape) != (n, info["w_dim"]):
