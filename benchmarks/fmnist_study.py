@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-report", action="store_true", help="Run the stages, do not write benchmarks/results.")
+    ap.add_argument("--report-only", action="store_true",
+                    help="Write the report from the finished stages only (missing cells show as -); run nothing.")
     ap.add_argument("--generator", default=None,
                     help="Use this `mtt-fast gan train` directory instead of training one with GAN (recorded in the report).")
     args = ap.parse_args()
@@ -107,7 +109,8 @@ def main() -> None:
     archs = [a for a in args.archs.split(",") if a]
 
     # 1. the demo: experts, random real, MTT (and their ConvNet-only evaluation)
-    run_demo(out, seed=seed, device=device, progress=True)
+    if not args.report_only:
+        run_demo(out, seed=seed, device=device, progress=True)
     store = TrajectoryStore.open(out / "buffer")
     from mtt_fast.data import load_dataset
 
@@ -122,17 +125,21 @@ def main() -> None:
     if "glad" in methods:
         gan = Path(args.generator) if args.generator else _gan(bundle, out, device, print)
         for ipc in ipcs:
+            runs[("glad", ipc)] = out / f"glad_ipc{ipc}"
+            if args.report_only:
+                continue
             kw = {**DEMO["distill"][ipc], **DEMO["distill_eval"], **GLAD}
             cfg = DistillConfig(method="glad", ipc=ipc, dsa=dsa, seed=seed, generator=str(gan.resolve()), **kw)
-            runs[("glad", ipc)] = out / f"glad_ipc{ipc}"
             _distill(GLaDDistiller, store, bundle, cfg, runs[("glad", ipc)], device, print)
 
     # 3. DD
     if "dd" in methods:
         for ipc in ipcs:
+            runs[("dd", ipc)] = out / f"dd_ipc{ipc}"
+            if args.report_only:
+                continue
             kw = {**{k: v for k, v in DEMO["distill"][ipc].items() if k not in DD}, **DEMO["distill_eval"], **DD}
             cfg = DistillConfig(method="dd", ipc=ipc, dsa=dsa, seed=seed, **kw)
-            runs[("dd", ipc)] = out / f"dd_ipc{ipc}"
             _distill(DDDistiller, store, bundle, cfg, runs[("dd", ipc)], device, print)
 
     # 4. cross-architecture evaluation on the test split, one run directory per architecture
@@ -148,7 +155,11 @@ def main() -> None:
                 res_dir = run / "eval_cross" / arch
                 cfg = {"command": "eval", "synset": str(run), "archs": [arch], "repeats": args.repeats, "seed": seed,
                        **asdict(ecfg)}
-                if prepare_out(res_dir, cfg, defaults=asdict(EvalConfig())) == "complete":
+                if args.report_only:
+                    if not (res_dir / "COMPLETE").is_file():
+                        continue
+                    results = read_json(res_dir / "results.json")
+                elif prepare_out(res_dir, cfg, defaults=asdict(EvalConfig())) == "complete":
                     results = read_json(res_dir / "results.json")
                 else:
                     print(f"evaluating {method} ipc {ipc} on {arch} x {args.repeats}", flush=True)
@@ -162,6 +173,8 @@ def main() -> None:
                 if merged is None:
                     merged = {**results, "results": {}}
                 merged["results"][arch] = results["results"][arch]
+            if merged is None:
+                continue
             label = {"random": "random real", "dd": "DD", "mtt": "MTT", "glad": "GLaD (MTT)"}[method]
             rows.append((label, merged))
             wall = read_json(run / "wall.json")["seconds"] if (run / "wall.json").is_file() else None
