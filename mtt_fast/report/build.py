@@ -102,8 +102,15 @@ def cross_arch_groups(evals: list[EvalRun]) -> list[dict]:
         key = (e.dataset, e.results.get("split", "test"), e.ipc)
         g = groups.setdefault(key, {})
         m = e.method.lower()
-        if m not in g or len(unseen) > len([a for a in g[m].results["results"] if a != (g[m].backbone or "convnet")]):
-            g[m] = e
+        if m not in g:
+            g[m] = EvalRun(e.path, e.name, {**e.results, "results": {}}, e.synset)
+        # evaluations of one method split by architecture (eval_cross/<arch>/) merge into one
+        # row; per architecture the one with the most trained networks wins
+        merged = g[m].results["results"]
+        for a in unseen:
+            r = e.results["results"][a]
+            if a not in merged or len(r.get("runs", [])) > len(merged[a].get("runs", [])):
+                merged[a] = r
     out = []
     for (dataset, split, ipc), by_method in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], _ipc_key(kv[0][2]))):
         found = [a for e in by_method.values() for a in e.results["results"] if a != (e.backbone or "convnet")]

@@ -235,10 +235,13 @@ def load_distill(path: Path, name: str, notes: list[str]) -> DistillRun:
     if syn is None:
         notes.append(f"{path}: no synset yet (the run has not reached its first evaluation)")
     run = DistillRun(path, name, cfg, metrics, summary if isinstance(summary, dict) else None, syn)
-    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+    subs = sorted(p for p in path.iterdir() if p.is_dir())
+    # one level deeper too: e.g. <run>/eval_cross/<arch>/ (one evaluation per architecture)
+    subs += [q for p in subs if kind_of(p) is None for q in sorted(x for x in p.iterdir() if x.is_dir())]
+    for sub in subs:
         k = kind_of(sub)
         if k == "eval":
-            run.evals.append(load_eval(sub, f"{name}/{sub.name}", syn))
+            run.evals.append(load_eval(sub, f"{name}/{sub.relative_to(path)}", syn))
         elif k == "eval-running":
             notes.append(f"{sub}: evaluation still running (no results.json yet); left out")
     return run
