@@ -101,3 +101,18 @@ def echo(msg: str) -> None:
 
 def out_path(value: str) -> Path:
     return Path(value).expanduser()
+
+
+def dataset_options(required: bool = True):
+    """--dataset, --data-root, --res, --normalization, --data-option, --cache-dir (data, buffer, gan train)."""
+    def deco(f):
+        f = click.option("--cache-dir", default=None, help="Where decoded, resized images are cached (default $MTT_FAST_CACHE or ~/.cache/mtt-fast).")(f)
+        f = click.option("--data-option", "data_option", multiple=True, metavar="KEY=VALUE",
+                         help="Dataset option, e.g. cohort=STAD (crc), val_size=5000; repeatable.")(f)
+        f = click.option("--normalization", default="auto", show_default=True, help="auto | compute | none | a preset (crc, pg, imagenet, fashion-mnist).")(f)
+        f = click.option("--res", type=int, default=None, help="Image side in pixels (default: the dataset's own; paper: 224).")(f)
+        f = click.option("--data-root", default=None, help="Dataset directory (fashion-mnist defaults to Debian's).")(f)
+        f = click.option("--dataset", required=required, help="pg | crc | folder | npz | fashion-mnist")(f)
+        return f
+
+    return deco

@@ -8,6 +8,7 @@ import click
 import torch
 from mtt_fast.cli.common import (
     common_options,
+    dataset_options,
     echo,
     out_path,
     parse_kv,
@@ -21,25 +22,13 @@ from mtt_fast.generative.train import DEFAULT_AUG, GANConfig
 _D = GANConfig()
 
 
-def _dataset_options(f):
-    """The dataset options of ``cli/main.py`` (duplicated: main imports this module)."""
-    f = click.option("--cache-dir", default=None, help="Where decoded, resized images are cached (default $MTT_FAST_CACHE or ~/.cache/mtt-fast).")(f)
-    f = click.option("--data-option", "data_option", multiple=True, metavar="KEY=VALUE",
-                     help="Dataset option, e.g. cohort=STAD (crc), val_size=5000; repeatable.")(f)
-    f = click.option("--normalization", default="auto", show_default=True, help="auto | compute | none | a preset (crc, pg, imagenet, fashion-mnist).")(f)
-    f = click.option("--res", type=int, default=None, help="Image side in pixels (default: the dataset's own).")(f)
-    f = click.option("--data-root", default=None, help="Dataset directory (fashion-mnist defaults to Debian's).")(f)
-    f = click.option("--dataset", required=True, help="pg | crc | folder | npz | fashion-mnist")(f)
-    return f
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def gan() -> None:
     """The generator (deep generative prior) for `distill --method glad`."""
 
 
 @gan.command("train")
-@_dataset_options
+@dataset_options()
 @click.option("--steps", type=int, default=_D.steps, show_default=True, help="Training steps (one G and one D update each).")
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
 @click.option("--z-dim", type=int, default=_D.z_dim, show_default=True)
