@@ -87,6 +87,11 @@ def info() -> None:
     dsa_devs = [d for d in ("cpu", "cuda") if fused_available(d, torch.float32)]
     echo("augmentation (DSA): " + (f"fused op on {', '.join(dsa_devs)} (float32/float64; else the reference)"
                                    if dsa_devs else "reference (pure PyTorch)"))
+    from mtt_fast.ops import block as fused_block
+
+    blk_devs = [d for d in ("cpu", "cuda") if fused_block.fused_available(d, torch.float32)]
+    echo("ConvNet blocks (norm + ReLU + pool, 1st/2nd derivatives): "
+         + (f"fused op on {', '.join(blk_devs)}" if blk_devs else "reference (native ops)"))
     from mtt_fast.match import ENGINES
 
     echo(f"matching engines: {', '.join(ENGINES)} (default adjoint)")
