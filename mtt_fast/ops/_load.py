@@ -74,3 +74,28 @@ def has_kernel(op: str, device_type: str) -> bool:
         return bool(torch._C._dispatch_has_kernel_for_dispatch_key(qualname(op), key))
     except Exception:  # noqa: BLE001  (private API moved: fall back on the build flag)
         return device_type == "cpu" or built_with_cuda()
+
+
+def compiled_devices(op: str, registered: bool = True) -> frozenset[str]:
+    """Device types ("cpu", "cuda") with a compiled kernel for ``mtt_fast::op`` (fixed at import)."""
+    return frozenset(d for d in ("cpu", "cuda") if registered and has_kernel(op, d))
+
+
+def unavailable_reason(what: str, device: torch.device | str, dtype: torch.dtype, *, devices: frozenset[str],
+                       dtypes, registered: bool = True) -> str:
+    """One line saying why the compiled op family ``what`` cannot run on this device and dtype.
+
+    Shared by every op family's ``fused_available`` / ``unavailable_reason``.
+    """
+    device = torch.device(device)
+    if not loaded():
+        return (f"the compiled extension mtt_fast._C is not loaded ({LOAD_ERROR}); rebuild with "
+                "`pip install --no-build-isolation -e .`")
+    if not registered:
+        return f"the loaded mtt_fast._C has no {what} ops (rebuild: pip install --no-build-isolation -e .)"
+    if dtype not in dtypes:
+        return f"only float32 and float64 are compiled for {what}, got {dtype}"
+    if device.type not in devices:
+        return (f"mtt_fast._C has no {what} kernel for device '{device.type}' (compiled for: "
+                f"{', '.join(sorted(devices)) or 'nothing'}; built_with_cuda={built_with_cuda()})")
+    return "available"

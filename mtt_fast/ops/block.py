@@ -147,9 +147,7 @@ def _register() -> bool:
 REGISTERED = _register()
 
 # Device types with a compiled kernel, fixed at import (traceable by torch.compile).
-COMPILED_DEVICES = frozenset(
-    d for d in ("cpu", "cuda") if REGISTERED and _load.has_kernel("convblock_forward", d)
-)
+COMPILED_DEVICES = _load.compiled_devices("convblock_forward", REGISTERED)
 
 
 def fused_available(device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -159,16 +157,8 @@ def fused_available(device: torch.device | str, dtype: torch.dtype) -> bool:
 
 def unavailable_reason(device: torch.device | str, dtype: torch.dtype) -> str:
     """Why :func:`fused_available` is False, for error messages."""
-    if not _load.loaded():
-        return f"the compiled extension mtt_fast._C is not loaded ({_load.LOAD_ERROR})"
-    if not REGISTERED:
-        return "the loaded mtt_fast._C has no convblock ops (rebuild: pip install --no-build-isolation -e .)"
-    if dtype not in _COMPILED_DTYPES:
-        return f"only float32 and float64 are compiled, got {dtype}"
-    return (
-        f"mtt_fast._C has no convblock kernel for device '{torch.device(device).type}' "
-        f"(compiled for: {', '.join(sorted(COMPILED_DEVICES)) or 'nothing'})"
-    )
+    return _load.unavailable_reason("convblock", device, dtype, devices=COMPILED_DEVICES, dtypes=_COMPILED_DTYPES,
+                                    registered=REGISTERED)
 
 
 def convblock(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, impl: str = "auto") -> Tensor:

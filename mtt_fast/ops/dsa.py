@@ -171,9 +171,7 @@ def _register() -> bool:
 REGISTERED = _register()
 
 #: Device types with a compiled kernel, fixed at import.
-COMPILED_DEVICES = frozenset(
-    d for d in ("cpu", "cuda") if REGISTERED and _load.has_kernel("dsa_forward", d)
-)
+COMPILED_DEVICES = _load.compiled_devices("dsa_forward", REGISTERED)
 
 
 def fused_available(device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -183,20 +181,8 @@ def fused_available(device: torch.device | str, dtype: torch.dtype) -> bool:
 
 def unavailable_reason(device: torch.device | str, dtype: torch.dtype) -> str:
     """One line saying why :func:`fused_available` is False for this device and dtype."""
-    device = torch.device(device)
-    if not _load.loaded():
-        return (
-            f"the compiled extension mtt_fast._C is not loaded ({_load.LOAD_ERROR}); rebuild "
-            "with `pip install --no-build-isolation -e .`"
-        )
-    if device.type not in COMPILED_DEVICES:
-        return (
-            f"mtt_fast._C has no DSA kernel for device '{device.type}' (compiled for: "
-            f"{', '.join(sorted(COMPILED_DEVICES)) or 'nothing'})"
-        )
-    if dtype not in _DTYPES:
-        return f"the fused DSA op supports float32 and float64 only, got {dtype}"
-    return "available"
+    return _load.unavailable_reason("DSA", device, dtype, devices=COMPILED_DEVICES, dtypes=_DTYPES,
+                                    registered=REGISTERED)
 
 
 def dsa_fused(x: Tensor, params: Tensor, noise: Tensor | None, flags: int) -> Tensor:

@@ -158,9 +158,7 @@ REGISTERED = _register()
 
 # Device types with a compiled kernel, fixed at import (a dict/set lookup that
 # torch.compile can trace, unlike the dispatcher query behind it).
-COMPILED_DEVICES = frozenset(
-    d for d in ("cpu", "cuda") if REGISTERED and _load.has_kernel("traj_loss", d)
-)
+COMPILED_DEVICES = _load.compiled_devices("traj_loss", REGISTERED)
 
 
 # --------------------------------------------------------------------------------------
@@ -238,18 +236,5 @@ def trajectory_loss(student: Tensor, target: Tensor, start: Tensor, impl: str = 
 
 
 def _unavailable_reason(device: torch.device, dtype: torch.dtype) -> str:
-    if not _load.loaded():
-        return (
-            "trajectory_loss(impl='compiled'): the compiled extension mtt_fast._C is not "
-            f"loaded ({_load.LOAD_ERROR}); rebuild with "
-            "`pip install --no-build-isolation -e .` or use impl='auto'"
-        )
-    if dtype not in _COMPILED_DTYPES:
-        return (
-            f"trajectory_loss(impl='compiled'): only float32 and float64 are compiled, got {dtype}"
-        )
-    return (
-        f"trajectory_loss(impl='compiled'): mtt_fast._C has no kernel for device "
-        f"'{device.type}' (compiled for: {', '.join(sorted(COMPILED_DEVICES)) or 'nothing'}; "
-        f"built_with_cuda={_load.built_with_cuda()})"
-    )
+    why = _load.unavailable_reason("traj_loss", device, dtype, devices=COMPILED_DEVICES, dtypes=_COMPILED_DTYPES)
+    return f"trajectory_loss(impl='compiled'): {why}; or use impl='auto'"
