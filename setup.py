@@ -1,8 +1,9 @@
 """Build script: the package list and the compiled core ``mtt_fast._C``.
 
-The extension is built from ``csrc/ops.cpp`` plus every ``csrc/<family>/<family>_cpu.cpp``
-(and, for a CUDA build, every ``csrc/<family>/<family>_cuda.cu``), found by glob so a new
-op family only adds a folder.
+The extension is built from ``csrc/ops.cpp`` plus every ``csrc/<family>/*.cpp`` (the CPU
+kernels ``<family>_cpu.cpp`` and any host-side code of the family) and, for a CUDA build,
+every ``csrc/<family>/<family>_cuda.cu``, found by glob so a new op family only adds a
+folder.
 
 Which build (see DESIGN.md, "Build"):
 
@@ -215,9 +216,13 @@ def get_extensions() -> list:
     use_cuda = force_cuda or (cuda_possible and not force_cpu)
 
     sources = [os.path.join(CSRC, "ops.cpp")]
-    sources += sorted(glob.glob(os.path.join(CSRC, "*", "*_cpu.cpp")))
+    # every host C++ file of every op family (CPU kernels, host-side ops, C++ autograd)
+    sources += sorted(glob.glob(os.path.join(CSRC, "*", "*.cpp")))
     omp = _openmp_flags()
-    cxx_flags = ["-O3", *omp]  # torch adds the -std= its headers need (c++17 or c++20)
+    # torch adds the -std= its headers need (c++17 or c++20). -fno-trapping-math: no kernel
+    # reads floating-point exception flags, and without it GCC will not if-convert (so
+    # not vectorize) loops with float compares and float->int conversions (the DSA taps).
+    cxx_flags = ["-O3", "-fno-trapping-math", *omp]
     link_flags = [*_libstdcxx_link_flags(), *omp]
     kwargs: dict = {}
 

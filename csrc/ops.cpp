@@ -3,7 +3,8 @@
 // Kernels are registered per dispatch key beside each op family
 // (csrc/<family>/<family>_cpu.cpp: CPU, csrc/<family>/<family>_cuda.cu: CUDA). Fake
 // (meta) kernels and autograd formulas are registered from Python in mtt_fast/ops, which
-// also holds the pure-PyTorch reference of every op (the spec).
+// also holds the pure-PyTorch reference of every op (the spec); the DSA ops' autograd is
+// registered in C++ instead (csrc/dsa/dsa_autograd.cpp says why).
 //
 // Importing the Python module mtt_fast._C (an empty module, see PyInit__C below) loads
 // this shared library, which runs the registrations; the ops then live in
@@ -51,6 +52,15 @@ TORCH_LIBRARY(mtt_fast, m) {
   // The transpose of dsa_forward's linear part (the op is affine in x): grad_x for the
   // upstream gradient grad_y. Independent of x and of the noise.
   m.def("dsa_backward(Tensor grad_y, Tensor params, int flags) -> Tensor");
+  // The [B, 20] params of dsa_forward from sampled parameters (mtt_fast.augment.AugParams
+  // fields, CPU tensors; None for groups not applied), on the host (csrc/dsa/dsa_pack.cpp;
+  // spec: mtt_fast.augment.fused.pack_reference). ops: the op groups in strategy order as
+  // codes (color 0, crop 1, cutout 2, flip 3, scale 4, rotate 5, noise 6); shape: the
+  // images' [B, C, H, W]. Returns a CPU tensor of dtype (float32 | float64).
+  m.def(
+      "dsa_pack(int[] ops, int[] shape, Tensor? theta_scale, Tensor? theta_rot, Tensor? flip,"
+      " Tensor? brightness, Tensor? saturation, Tensor? contrast, Tensor? crop_shift,"
+      " Tensor? cutout_center, Tensor? cutout_size, ScalarType dtype) -> Tensor");
 
   // ---- convblock: instance norm (GroupNorm(C, C), affine) + ReLU + 2x2 avg pool ------
   // (csrc/block; the formulas of all three ops are in csrc/block/block.h.)

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -68,47 +69,185 @@ bool integer_row(const SampleParams<acc_t>& P, int64_t i, int64_t H, int64_t W, 
 // Per-thread scratch, one row (or one row per channel) long.
 template <typename acc_t>
 struct Scratch {
-  std::vector<int64_t> off;  // 4 W: bilinear tap offsets (unused taps: offset 0, weight 0)
-  std::vector<acc_t> w;      // 4 W
+  // bilinear taps of one row, structure of arrays (tap t of pixel j: plane offset off[t][j],
+  // weight w[t][j]; a tap outside the frame has weight 0 and an in-frame offset)
+  std::vector<int32_t> off[4];
+  std::vector<acc_t> w[4];
+  // separable (axis-aligned) sampling: the column taps, the same for every row of a sample
+  std::vector<int32_t> col0, col1;
+  std::vector<acc_t> wcol0, wcol1;
   std::vector<acc_t> kappa;  // W: coverage
   std::vector<acc_t> keep;   // W: 1 outside the cutout box, 0 inside
   std::vector<acc_t> aux;    // W: channel sums / color terms
+  std::vector<acc_t> tmp;    // W: backward column scatter of the separable path
   std::vector<acc_t> gv;     // C W: backward per-channel gradients of the sampled image
   Scratch(int64_t C, int64_t W)
-      : off(4 * W), w(4 * W), kappa(W), keep(W), aux(W), gv(C * W) {}
+      : col0(W), col1(W), wcol0(W), wcol1(W), kappa(W), keep(W), aux(W), tmp(W), gv(C * W) {
+    for (int t = 0; t < 4; ++t) {
+      off[t].resize(W);
+      w[t].resize(W);
+    }
+  }
 };
 
-// Taps of every pixel of row i (bilinear), from bilinear_taps (dsa.h).
+// ---- bilinear sampling, the CPU's row-wise forms of bilinear_taps (dsa.h) ---------------
+// Same coordinates, clamping, floor and weights as bilinear_taps, in int32 and laid out
+// so the compiler can vectorize the loops (coordinates are clamped to [-1, W] x [-1, H],
+// and dsa_forward_cpu checks that H * W fits in int32).
+
 template <typename acc_t>
-void bilinear_row(const SampleParams<acc_t>& P, int64_t i, int64_t H, int64_t W,
-                  Scratch<acc_t>& s) {
-  int64_t* off = s.off.data();
-  acc_t* w = s.w.data();
-  for (int64_t j = 0; j < W; ++j) {
-    bilinear_taps<acc_t>(P, i, j, H, W, off + 4 * j, w + 4 * j);
-    s.kappa[j] = ((w[4 * j] + w[4 * j + 1]) + w[4 * j + 2]) + w[4 * j + 3];
+inline int32_t floor_i32(acc_t v) {
+  const int32_t t = static_cast<int32_t>(v);  // truncates toward zero
+  return t - static_cast<int32_t>(static_cast<acc_t>(t) > v);
+}
+
+// One axis of a tap: the two neighbours of coordinate v on an axis of n pixels, clamped
+// into the frame, and their zero-padded weights. Written without branches (min/max,
+// 0/1 factors) so the loops that call it vectorize; the values are bilinear_taps' ones.
+template <typename acc_t>
+inline void axis_taps(acc_t v, int32_t n, int32_t& i0, int32_t& i1, acc_t& w0, acc_t& w1) {
+  v = std::min(std::max(v, acc_t(-1)), static_cast<acc_t>(n));
+  const int32_t a = floor_i32<acc_t>(v);
+  const acc_t f = v - static_cast<acc_t>(a);
+  const int32_t b = a + 1;
+  // in-frame tests as one unsigned compare each (a >= -1, so a < 0 wraps to a huge value)
+  w0 = static_cast<acc_t>(static_cast<uint32_t>(a) < static_cast<uint32_t>(n)) * (acc_t(1) - f);
+  w1 = static_cast<acc_t>(static_cast<uint32_t>(b) < static_cast<uint32_t>(n)) * f;
+  i0 = std::min(std::max(a, int32_t(0)), n - 1);
+  i1 = std::min(b, n - 1);  // b >= 0
+}
+
+// The sampling matrix keeps rows as rows and columns as columns (scale, flips, crops):
+// bilinear sampling is then separable, with column taps shared by every row.
+template <typename acc_t>
+inline bool separable(const SampleParams<acc_t>& P) {
+  return P.a[1] == acc_t(0) && P.a[3] == acc_t(0);
+}
+
+// Column taps of a separable map (input column = a0 j + a2; a1 = 0). The loop takes
+// plain restrict pointers (not members) so that GCC vectorizes it.
+template <typename acc_t>
+void column_taps_loop(acc_t a0, acc_t a2, int32_t W, int32_t* __restrict__ c0,
+                      int32_t* __restrict__ c1, acc_t* __restrict__ w0, acc_t* __restrict__ w1) {
+  for (int32_t j = 0; j < W; ++j) {
+    const acc_t cx = (a0 * static_cast<acc_t>(j) + acc_t(0)) + a2;
+    axis_taps<acc_t>(cx, W, c0[j], c1[j], w0[j], w1[j]);
   }
 }
 
-// keep[j] for row i, from cutout_keep (dsa.h). Where Q keeps rows as rows (flips, crops,
-// scales after cutout) the box meets the row in one interval: only pixels near it are
-// evaluated one by one.
+template <typename acc_t>
+void column_taps(const SampleParams<acc_t>& P, int32_t W, Scratch<acc_t>& s) {
+  column_taps_loop<acc_t>(P.a[0], P.a[2], W, s.col0.data(), s.col1.data(), s.wcol0.data(),
+                          s.wcol1.data());
+}
+
+// Row taps of a separable map for output row i (input row = a4 i + a5; a3 = 0).
+template <typename acc_t>
+struct RowAxis {
+  int32_t r0, r1;  // input rows
+  acc_t w0, w1;
+};
+
+template <typename acc_t>
+RowAxis<acc_t> row_axis(const SampleParams<acc_t>& P, int64_t i, int32_t H) {
+  RowAxis<acc_t> r;
+  const acc_t cy = (acc_t(0) + P.a[4] * static_cast<acc_t>(i)) + P.a[5];
+  axis_taps<acc_t>(cy, H, r.r0, r.r1, r.w0, r.w1);
+  return r;
+}
+
+// General bilinear taps of row i (any 2x3 map), and the coverage.
+template <typename acc_t>
+void bilinear_row_loop(acc_t a0, acc_t bx, acc_t a2, acc_t a3, acc_t by, acc_t a5, int32_t H,
+                       int32_t W, int32_t* __restrict__ o0, int32_t* __restrict__ o1,
+                       int32_t* __restrict__ o2, int32_t* __restrict__ o3,
+                       acc_t* __restrict__ w0, acc_t* __restrict__ w1, acc_t* __restrict__ w2,
+                       acc_t* __restrict__ w3, acc_t* __restrict__ kappa) {
+  for (int32_t j = 0; j < W; ++j) {
+    const acc_t fj = static_cast<acc_t>(j);
+    int32_t xa, xb, ya, yb;
+    acc_t wx0, wx1, wy0, wy1;
+    axis_taps<acc_t>((a0 * fj + bx) + a2, W, xa, xb, wx0, wx1);
+    axis_taps<acc_t>((a3 * fj + by) + a5, H, ya, yb, wy0, wy1);
+    o0[j] = ya * W + xa;
+    o1[j] = ya * W + xb;
+    o2[j] = yb * W + xa;
+    o3[j] = yb * W + xb;
+    const acc_t t0 = wy0 * wx0, t1 = wy0 * wx1, t2 = wy1 * wx0, t3 = wy1 * wx1;
+    w0[j] = t0;
+    w1[j] = t1;
+    w2[j] = t2;
+    w3[j] = t3;
+    kappa[j] = ((t0 + t1) + t2) + t3;
+  }
+}
+
+template <typename acc_t>
+void bilinear_row(const SampleParams<acc_t>& P, int64_t i, int32_t H, int32_t W,
+                  Scratch<acc_t>& s) {
+  const acc_t fi = static_cast<acc_t>(i);
+  bilinear_row_loop<acc_t>(P.a[0], P.a[1] * fi, P.a[2], P.a[3], P.a[4] * fi, P.a[5], H, W,
+                           s.off[0].data(), s.off[1].data(), s.off[2].data(), s.off[3].data(),
+                           s.w[0].data(), s.w[1].data(), s.w[2].data(), s.w[3].data(),
+                           s.kappa.data());
+}
+
+// keep[j] for row i, from cutout_keep (dsa.h): pixel j is cut iff, for both coordinates
+// q(j) = s j + t of the point Q (i, j), box_lo - 1/2 <= q(j) < box_hi - 1/2 (what the
+// rounding in cutout_keep amounts to). q(j) as computed in acc_t is monotone in j (each
+// rounded operation is), so the cut pixels form one interval of j (for s = 0 the condition
+// is the same for every j and is decided exactly). Its ends are predicted in double to
+// within `err` (a bound on the rounding of q, in pixels of j): pixels safely inside the
+// prediction are cut directly, and only those within err + 2 of an end are evaluated one
+// by one with cutout_keep itself (a nearly flat q, |s| tiny, makes that the whole row).
 template <typename acc_t>
 void keep_row(const SampleParams<acc_t>& P, int64_t i, int64_t W, acc_t* keep) {
   std::fill(keep, keep + W, acc_t(1));
-  int64_t lo = 0, hi = W;
-  if (P.q[1] == acc_t(0) && P.q[3] == acc_t(0) && P.q[0] != acc_t(0)) {
-    const int64_t r = round_to_int<acc_t>(P.q[4] * static_cast<acc_t>(i) + P.q[5]);
-    if (static_cast<acc_t>(r) < P.box[0] || static_cast<acc_t>(r) >= P.box[1]) return;
-    // inside iff box2 - 1/2 <= q0 j + q2 < box3 - 1/2; widen by one pixel each side
-    const double t1 = (static_cast<double>(P.box[2]) - 0.5 - P.q[2]) / P.q[0];
-    const double t2 = (static_cast<double>(P.box[3]) - 0.5 - P.q[2]) / P.q[0];
-    const double a = std::min(t1, t2), b = std::max(t1, t2);
-    if (!(b > -2.0 && a < static_cast<double>(W) + 2.0)) return;
-    lo = std::max<int64_t>(0, static_cast<int64_t>(std::floor(std::max(a, -2.0))) - 1);
-    hi = std::min<int64_t>(W, static_cast<int64_t>(std::ceil(std::min(b, W + 2.0))) + 1);
+  const acc_t fi = static_cast<acc_t>(i);
+  double lo = -1e30, hi = 1e30, err = 0.0;
+  // (slope, offset, box_lo, box_hi) of the column and the row coordinate
+  const acc_t slope[2] = {P.q[0], P.q[3]};
+  const acc_t offset[2] = {P.q[1] * fi + P.q[2], P.q[4] * fi + P.q[5]};
+  const acc_t blo[2] = {P.box[2], P.box[0]};
+  const acc_t bhi[2] = {P.box[3], P.box[1]};
+  for (int k = 0; k < 2; ++k) {
+    if (slope[k] == acc_t(0)) {  // the same coordinate for the whole row: decide it exactly
+      const acc_t r = static_cast<acc_t>(round_to_int<acc_t>(offset[k]));
+      if (r < blo[k] || r >= bhi[k]) return;
+      continue;
+    }
+    const double sk = static_cast<double>(slope[k]), ok = static_cast<double>(offset[k]);
+    if (!std::isfinite(sk) || !std::isfinite(ok)) {
+      err = std::numeric_limits<double>::infinity();  // no prediction: evaluate every pixel
+      continue;
+    }
+    const double t1 = (static_cast<double>(blo[k]) - 0.5 - ok) / sk;
+    const double t2 = (static_cast<double>(bhi[k]) - 0.5 - ok) / sk;
+    lo = std::max(lo, std::min(t1, t2));
+    hi = std::min(hi, std::max(t1, t2));
+    err = std::max(err, 16.0 * static_cast<double>(std::numeric_limits<acc_t>::epsilon()) *
+                            (std::abs(sk) * static_cast<double>(W) + std::abs(ok) +
+                             std::abs(static_cast<double>(blo[k])) +
+                             std::abs(static_cast<double>(bhi[k])) + 1.0) /
+                            std::abs(sk));
   }
-  for (int64_t j = lo; j < hi; ++j) keep[j] = cutout_keep<acc_t>(P, true, i, j) ? acc_t(1) : acc_t(0);
+  const double wd = static_cast<double>(W);
+  lo = std::max(lo, -4.0);
+  hi = std::min(hi, wd + 4.0);
+  if (!(err < 2.0 * wd)) {  // no useful prediction
+    for (int64_t j = 0; j < W; ++j) keep[j] = cutout_keep<acc_t>(P, true, i, j) ? acc_t(1) : acc_t(0);
+    return;
+  }
+  if (hi < lo - 2.0 * err - 8.0) return;  // no pixel of this row is cut
+  // outer [j0, j1): may hold cut pixels; inner [k0, k1): certainly cut
+  const int64_t j0 = std::max<int64_t>(0, static_cast<int64_t>(std::floor(lo - err)) - 2);
+  const int64_t j1 = std::min<int64_t>(W, static_cast<int64_t>(std::ceil(hi + err)) + 3);
+  int64_t k0 = std::max<int64_t>(j0, static_cast<int64_t>(std::ceil(lo + err)) + 2);
+  int64_t k1 = std::min<int64_t>(j1, static_cast<int64_t>(std::floor(hi - err)) - 1);
+  if (k1 <= k0) k0 = k1 = j1;
+  for (int64_t j = j0; j < k0; ++j) keep[j] = cutout_keep<acc_t>(P, true, i, j) ? acc_t(1) : acc_t(0);
+  for (int64_t j = k0; j < k1; ++j) keep[j] = acc_t(0);
+  for (int64_t j = k1; j < j1; ++j) keep[j] = cutout_keep<acc_t>(P, true, i, j) ? acc_t(1) : acc_t(0);
 }
 
 // y row of every channel = (scale v + chan cm + cst kappa) * keep + nu noise, in place
@@ -135,19 +274,137 @@ void finish_row(const scalar_t* v, scalar_t* y, const scalar_t* noise, int64_t C
     scalar_t* yc = y + c * HW;
     const scalar_t* nc = noise != nullptr ? noise + c * HW : nullptr;
     if (color != kColorNone) {
+      if (keep != nullptr) {
+        for (int64_t j = 0; j < W; ++j) {
+          yc[j] = static_cast<scalar_t>((k.scale * static_cast<acc_t>(vc[j]) + aux[j]) * keep[j]);
+        }
+      } else {
+        for (int64_t j = 0; j < W; ++j) {
+          yc[j] = static_cast<scalar_t>(k.scale * static_cast<acc_t>(vc[j]) + aux[j]);
+        }
+      }
+    } else if (keep != nullptr) {
       for (int64_t j = 0; j < W; ++j) {
-        yc[j] = static_cast<scalar_t>(k.scale * static_cast<acc_t>(vc[j]) + aux[j]);
+        yc[j] = static_cast<scalar_t>(static_cast<acc_t>(vc[j]) * keep[j]);
       }
     } else if (yc != vc) {
       std::copy(vc, vc + W, yc);
-    }
-    if (keep != nullptr) {
-      for (int64_t j = 0; j < W; ++j) yc[j] = static_cast<scalar_t>(static_cast<acc_t>(yc[j]) * keep[j]);
     }
     if (nc != nullptr) {
       for (int64_t j = 0; j < W; ++j) {
         yc[j] = static_cast<scalar_t>(static_cast<acc_t>(yc[j]) + nu * static_cast<acc_t>(nc[j]));
       }
+    }
+  }
+}
+
+// The sampled row i of every channel (v = y rows, stride HW) for geometry != identity,
+// and its coverage in s.kappa when `want_kappa`.
+template <typename scalar_t, typename acc_t>
+void sample_row(const SampleParams<acc_t>& P, int geom, bool sep, const scalar_t* x, scalar_t* y,
+                int64_t i, int64_t C, int32_t H, int32_t W, bool want_kappa, Scratch<acc_t>& s) {
+  const int64_t HW = static_cast<int64_t>(H) * W;
+  IntRow r;
+  if (geom == kGeomInteger && integer_row<acc_t>(P, i, H, W, r)) {
+    for (int64_t c = 0; c < C; ++c) {
+      scalar_t* yc = y + c * HW + i * W;
+      std::fill(yc, yc + W, scalar_t(0));
+      if (r.j1 <= r.j0) continue;
+      const scalar_t* src = x + c * HW + r.sy * W + r.base;
+      if (r.dir > 0) {
+        for (int64_t j = r.j0; j < r.j1; ++j) yc[j] = src[j];
+      } else {
+        for (int64_t j = r.j0; j < r.j1; ++j) yc[j] = src[-j];
+      }
+    }
+    if (want_kappa) {
+      std::fill(s.kappa.begin(), s.kappa.end(), acc_t(0));
+      for (int64_t j = r.j0; j < r.j1; ++j) s.kappa[j] = acc_t(1);
+    }
+    return;
+  }
+  if (sep) {  // bilinear (or an exact integer map), axis-aligned
+    const RowAxis<acc_t> ry = row_axis<acc_t>(P, i, H);
+    const int32_t* c0 = s.col0.data();
+    const int32_t* c1 = s.col1.data();
+    const acc_t* w0 = s.wcol0.data();
+    const acc_t* w1 = s.wcol1.data();
+    for (int64_t c = 0; c < C; ++c) {
+      scalar_t* yc = y + c * HW + i * W;
+      const scalar_t* ra = x + c * HW + static_cast<int64_t>(ry.r0) * W;
+      const scalar_t* rb = x + c * HW + static_cast<int64_t>(ry.r1) * W;
+      for (int32_t j = 0; j < W; ++j) {
+        const acc_t top = w0[j] * static_cast<acc_t>(ra[c0[j]]) + w1[j] * static_cast<acc_t>(ra[c1[j]]);
+        const acc_t bot = w0[j] * static_cast<acc_t>(rb[c0[j]]) + w1[j] * static_cast<acc_t>(rb[c1[j]]);
+        yc[j] = static_cast<scalar_t>(ry.w0 * top + ry.w1 * bot);
+      }
+    }
+    if (want_kappa) {
+      const acc_t wy = ry.w0 + ry.w1;
+      for (int32_t j = 0; j < W; ++j) s.kappa[j] = wy * (w0[j] + w1[j]);
+    }
+    return;
+  }
+  bilinear_row<acc_t>(P, i, H, W, s);
+  const int32_t *o0 = s.off[0].data(), *o1 = s.off[1].data(), *o2 = s.off[2].data(),
+                *o3 = s.off[3].data();
+  const acc_t *w0 = s.w[0].data(), *w1 = s.w[1].data(), *w2 = s.w[2].data(),
+              *w3 = s.w[3].data();
+  for (int64_t c = 0; c < C; ++c) {
+    scalar_t* yc = y + c * HW + i * W;
+    const scalar_t* xc = x + c * HW;
+    for (int32_t j = 0; j < W; ++j) {
+      yc[j] = static_cast<scalar_t>(
+          w0[j] * static_cast<acc_t>(xc[o0[j]]) + w1[j] * static_cast<acc_t>(xc[o1[j]]) +
+          w2[j] * static_cast<acc_t>(xc[o2[j]]) + w3[j] * static_cast<acc_t>(xc[o3[j]]));
+    }
+  }
+}
+
+// The transpose of sample_row for one channel: gx (the channel's plane) += taps^T gv.
+// For the integer map it writes (each input pixel is read by at most one output pixel).
+template <typename scalar_t, typename acc_t>
+void scatter_row(int kind, const IntRow& r, const RowAxis<acc_t>& ry, const acc_t* gv,
+                 scalar_t* gxc, int32_t W, Scratch<acc_t>& s) {
+  if (kind == 1) {  // integer map
+    scalar_t* dst = gxc + r.sy * W + r.base;
+    if (r.dir > 0) {
+      for (int64_t j = r.j0; j < r.j1; ++j) dst[j] = static_cast<scalar_t>(gv[j]);
+    } else {
+      for (int64_t j = r.j0; j < r.j1; ++j) dst[-j] = static_cast<scalar_t>(gv[j]);
+    }
+    return;
+  }
+  if (kind == 2) {  // separable: scatter along the row once, then into the two input rows
+    acc_t* t = s.tmp.data();
+    std::fill(t, t + W, acc_t(0));
+    const int32_t* c0 = s.col0.data();
+    const int32_t* c1 = s.col1.data();
+    const acc_t* w0 = s.wcol0.data();
+    const acc_t* w1 = s.wcol1.data();
+    // one pass per tap: tap 1 of pixel j is usually tap 0 of pixel j + 1, so interleaving
+    // them would chain every update to the previous one through memory
+    for (int32_t j = 0; j < W; ++j) t[c0[j]] += w0[j] * gv[j];
+    for (int32_t j = 0; j < W; ++j) t[c1[j]] += w1[j] * gv[j];
+    scalar_t* ra = gxc + static_cast<int64_t>(ry.r0) * W;
+    scalar_t* rb = gxc + static_cast<int64_t>(ry.r1) * W;
+    for (int32_t j = 0; j < W; ++j) ra[j] = static_cast<scalar_t>(static_cast<acc_t>(ra[j]) + ry.w0 * t[j]);
+    for (int32_t j = 0; j < W; ++j) rb[j] = static_cast<scalar_t>(static_cast<acc_t>(rb[j]) + ry.w1 * t[j]);
+    return;
+  }
+  const int32_t *o0 = s.off[0].data(), *o1 = s.off[1].data(), *o2 = s.off[2].data(),
+                *o3 = s.off[3].data();
+  const acc_t *w0 = s.w[0].data(), *w1 = s.w[1].data(), *w2 = s.w[2].data(),
+              *w3 = s.w[3].data();
+  // one pass per tap (see the separable case): consecutive updates of a pass mostly hit
+  // consecutive pixels
+  const int32_t* offs[4] = {o0, o1, o2, o3};
+  const acc_t* ws[4] = {w0, w1, w2, w3};
+  for (int t = 0; t < 4; ++t) {
+    const int32_t* o = offs[t];
+    const acc_t* w = ws[t];
+    for (int32_t j = 0; j < W; ++j) {
+      gxc[o[j]] = static_cast<scalar_t>(static_cast<acc_t>(gxc[o[j]]) + w[j] * gv[j]);
     }
   }
 }
@@ -161,6 +418,9 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
   const int geom = geom_of(flags), color = color_of(flags);
   const bool cutout = (flags & kFlagCutout) != 0;
   const int64_t HW = H * W, N = C * HW;
+  const int32_t H32 = static_cast<int32_t>(H), W32 = static_cast<int32_t>(W);
+  const bool sep = geom != kGeomIdentity && separable<acc_t>(P);
+  if (sep) column_taps<acc_t>(P, W32, s);
 
   double mu = 0.0;
   if (color == kColorBefore) {
@@ -175,40 +435,8 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
     if (geom == kGeomIdentity) {
       v = x + i * W;
     } else {
-      IntRow r;
-      const bool fast = geom == kGeomInteger && integer_row<acc_t>(P, i, H, W, r);
-      if (!fast) bilinear_row<acc_t>(P, i, H, W, s);  // also the exact integer fallback
-      for (int64_t c = 0; c < C; ++c) {
-        scalar_t* yc = y + c * HW + i * W;
-        if (fast) {
-          std::fill(yc, yc + W, scalar_t(0));
-          if (r.j1 <= r.j0) continue;
-          const scalar_t* src = x + c * HW + r.sy * W + r.base;
-          if (r.dir > 0) {
-            for (int64_t j = r.j0; j < r.j1; ++j) yc[j] = src[j];
-          } else {
-            for (int64_t j = r.j0; j < r.j1; ++j) yc[j] = src[-j];
-          }
-        } else {
-          const scalar_t* xc = x + c * HW;
-          const int64_t* o = s.off.data();
-          const acc_t* w = s.w.data();
-          for (int64_t j = 0; j < W; ++j) {
-            yc[j] = static_cast<scalar_t>(
-                w[4 * j] * static_cast<acc_t>(xc[o[4 * j]]) +
-                w[4 * j + 1] * static_cast<acc_t>(xc[o[4 * j + 1]]) +
-                w[4 * j + 2] * static_cast<acc_t>(xc[o[4 * j + 2]]) +
-                w[4 * j + 3] * static_cast<acc_t>(xc[o[4 * j + 3]]));
-          }
-        }
-      }
-      if (color == kColorBefore) {
-        if (fast) {
-          std::fill(s.kappa.begin(), s.kappa.end(), acc_t(0));
-          for (int64_t j = r.j0; j < r.j1; ++j) s.kappa[j] = acc_t(1);
-        }
-        kappa = s.kappa.data();
-      }
+      sample_row<scalar_t, acc_t>(P, geom, sep, x, y, i, C, H32, W32, color == kColorBefore, s);
+      if (color == kColorBefore) kappa = s.kappa.data();
     }
     if (two_pass) {
       if (geom != kGeomIdentity) {
@@ -248,8 +476,11 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
   const int geom = geom_of(flags), color = color_of(flags);
   const bool cutout = (flags & kFlagCutout) != 0;
   const int64_t HW = H * W, N = C * HW;
+  const int32_t H32 = static_cast<int32_t>(H), W32 = static_cast<int32_t>(W);
   const ColorCoefs<acc_t> k = color_coefs<acc_t>(P, color, acc_t(0));
   const acc_t chan_over_c = k.chan / static_cast<acc_t>(C);
+  const bool sep = geom != kGeomIdentity && separable<acc_t>(P);
+  if (sep) column_taps<acc_t>(P, W32, s);
   acc_t* keep = s.keep.data();
   acc_t* sum_h = s.aux.data();
 
@@ -257,26 +488,45 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
   acc_t in_v = acc_t(0), in_x = acc_t(0);
   if (color == kColorAfter) {
     double S = 0.0;
-    for (int64_t i = 0; i < H; ++i) {
-      if (cutout) keep_row<acc_t>(P, i, W, keep);
-      if (!cutout) continue;
-      for (int64_t j = 0; j < W; ++j) sum_h[j] = acc_t(0);
-      for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* gc = g + c * HW + i * W;
-        for (int64_t j = 0; j < W; ++j) sum_h[j] += keep[j] * static_cast<acc_t>(gc[j]);
+    if (cutout) {
+      for (int64_t i = 0; i < H; ++i) {
+        keep_row<acc_t>(P, i, W, keep);
+        for (int64_t j = 0; j < W; ++j) sum_h[j] = acc_t(0);
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* gc = g + c * HW + i * W;
+          for (int64_t j = 0; j < W; ++j) sum_h[j] += keep[j] * static_cast<acc_t>(gc[j]);
+        }
+        S += sum_values<acc_t>(sum_h, W);
       }
-      S += sum_values<acc_t>(sum_h, W);
+    } else {
+      S = sum_values<scalar_t>(g, N);
     }
-    if (!cutout) S = sum_values<scalar_t>(g, N);
     uniform_terms<acc_t>(P, color, S, N, in_v, in_x);
   }
   if (geom != kGeomIdentity) std::fill(gx, gx + N, scalar_t(0));
   double S_before = 0.0;
+  RowAxis<acc_t> ry{0, 0, acc_t(0), acc_t(0)};
   for (int64_t i = 0; i < H; ++i) {
-    IntRow r;
-    const bool fast = geom == kGeomInteger && integer_row<acc_t>(P, i, H, W, r);
-    const bool bilinear = geom != kGeomIdentity && !fast;
-    if (bilinear) bilinear_row<acc_t>(P, i, H, W, s);
+    IntRow r{0, 1, 0, 0, 0};
+    int kind = 0;  // 0 identity, 1 integer row map, 2 separable, 3 general bilinear
+    const acc_t* kappa = nullptr;
+    if (geom != kGeomIdentity) {
+      if (geom == kGeomInteger && integer_row<acc_t>(P, i, H, W, r)) {
+        kind = 1;
+      } else if (sep) {
+        kind = 2;
+        ry = row_axis<acc_t>(P, i, H32);
+        if (color == kColorBefore) {
+          const acc_t wy = ry.w0 + ry.w1;
+          for (int32_t j = 0; j < W32; ++j) s.kappa[j] = wy * (s.wcol0[j] + s.wcol1[j]);
+          kappa = s.kappa.data();
+        }
+      } else {
+        kind = 3;
+        bilinear_row<acc_t>(P, i, H32, W32, s);
+        kappa = s.kappa.data();
+      }
+    }
     if (cutout) keep_row<acc_t>(P, i, W, keep);
     // gv = grad_v(h) with h = keep * g
     if (color != kColorNone) {
@@ -289,12 +539,12 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
         for (int64_t j = 0; j < W; ++j) sum_h[j] *= keep[j];
       }
       if (color == kColorBefore) {
-        if (geom == kGeomIdentity) {
+        if (kind == 0) {
           for (int64_t j = 0; j < W; ++j) S_before += static_cast<double>(sum_h[j]);
-        } else if (fast) {
+        } else if (kind == 1) {
           for (int64_t j = r.j0; j < r.j1; ++j) S_before += static_cast<double>(sum_h[j]);
         } else {
-          for (int64_t j = 0; j < W; ++j) S_before += static_cast<double>(sum_h[j] * s.kappa[j]);
+          for (int64_t j = 0; j < W; ++j) S_before += static_cast<double>(sum_h[j] * kappa[j]);
         }
       }
       for (int64_t j = 0; j < W; ++j) sum_h[j] *= chan_over_c;
@@ -302,29 +552,19 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
     for (int64_t c = 0; c < C; ++c) {
       const scalar_t* gc = g + c * HW + i * W;
       acc_t* gv = s.gv.data() + c * W;
-      for (int64_t j = 0; j < W; ++j) {
-        const acc_t h = cutout ? keep[j] * static_cast<acc_t>(gc[j]) : static_cast<acc_t>(gc[j]);
-        gv[j] = grad_v<acc_t>(k, h, color != kColorNone ? sum_h[j] : acc_t(0), in_v);
+      if (color == kColorNone && !cutout) {
+        for (int64_t j = 0; j < W; ++j) gv[j] = static_cast<acc_t>(gc[j]) * k.scale;
+      } else {
+        for (int64_t j = 0; j < W; ++j) {
+          const acc_t h = cutout ? keep[j] * static_cast<acc_t>(gc[j]) : static_cast<acc_t>(gc[j]);
+          gv[j] = grad_v<acc_t>(k, h, color != kColorNone ? sum_h[j] : acc_t(0), in_v);
+        }
       }
       scalar_t* gxc = gx + c * HW;
-      if (geom == kGeomIdentity) {
+      if (kind == 0) {
         for (int64_t j = 0; j < W; ++j) gxc[i * W + j] = static_cast<scalar_t>(gv[j]);
-      } else if (fast) {
-        scalar_t* dst = gxc + r.sy * W + r.base;
-        if (r.dir > 0) {
-          for (int64_t j = r.j0; j < r.j1; ++j) dst[j] = static_cast<scalar_t>(gv[j]);
-        } else {
-          for (int64_t j = r.j0; j < r.j1; ++j) dst[-j] = static_cast<scalar_t>(gv[j]);
-        }
       } else {
-        const int64_t* o = s.off.data();
-        const acc_t* w = s.w.data();
-        for (int64_t j = 0; j < W; ++j) {
-          for (int n = 0; n < 4; ++n) {
-            scalar_t& dst = gxc[o[4 * j + n]];
-            dst = static_cast<scalar_t>(static_cast<acc_t>(dst) + w[4 * j + n] * gv[j]);
-          }
-        }
+        scatter_row<scalar_t, acc_t>(kind, r, ry, gv, gxc, W32, s);
       }
     }
   }
@@ -339,6 +579,9 @@ void check_common(const char* op, const at::Tensor& x, const at::Tensor& params,
   check_flags(op, flags);
   check_images(op, x, params, xname);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
+  // the CPU twin indexes a plane with int32 (see the row helpers)
+  TORCH_CHECK(x.size(2) * x.size(3) < (int64_t(1) << 30), op, ": images of ", x.size(2), "x",
+              x.size(3), " pixels are too large for the CPU kernel (H * W must be < 2^30)");
 }
 
 at::Tensor dsa_forward_cpu(const at::Tensor& x, const at::Tensor& params,

@@ -65,10 +65,13 @@ from torch import Tensor
 from mtt_fast.augment.sampling import AugParams
 from mtt_fast.ops import dsa as dsa_op
 
-__all__ = ["GEOMETRIC_OPS", "apply_fused", "pack"]
+__all__ = ["GEOMETRIC_OPS", "OP_CODES", "apply_fused", "pack", "pack_reference"]
 
 #: The op groups that move pixels (composed into the sampling matrix).
 GEOMETRIC_OPS = ("flip", "crop", "scale", "rotate")
+
+#: The code of each op group in ``torch.ops.mtt_fast.dsa_pack``'s ``ops`` (csrc/dsa/dsa_pack.cpp).
+OP_CODES = {"color": 0, "crop": 1, "cutout": 2, "flip": 3, "scale": 4, "rotate": 5, "noise": 6}
 
 
 @functools.lru_cache(maxsize=64)
@@ -123,24 +126,65 @@ def pack(
 ) -> tuple[Tensor, Tensor | None, int]:
     """The fused op's inputs for sampled parameters, cached per ``(p, dtype, device)``.
 
-    Packing is a few dozen tiny tensor operations: keep ``p`` on the CPU (sample it there)
-    so they run on the host and only the ``[B, 20]`` result is copied to the device.
-    See :func:`_pack` for the arguments.
+    Packing runs on the host (``torch.ops.mtt_fast.dsa_pack``, one call): keep ``p`` on the
+    CPU (sample it there) so only the ``[B, 20]`` result is copied to the device. See
+    :func:`pack_reference` (the spec) for the arguments and the result.
     """
-    key = (dtype, torch.device(device))
+    key = (dtype, device)
     per_params = _PACKED.get(p)
     if per_params is None:
         per_params = _PACKED[p] = {}
     out = per_params.get(key)
     if out is None:
-        out = per_params[key] = _pack(p, dtype, device)
+        out = per_params[key] = _pack_compiled(p, dtype, torch.device(device))
     return out
 
 
-def _pack(
+@functools.lru_cache(maxsize=256)
+def _flags_of(ops: tuple[str, ...]) -> int:
+    """The fused op's ``flags`` for a tuple of op groups (see :func:`pack_reference`)."""
+    geo = [op for op in ops if op in GEOMETRIC_OPS]
+    if not geo:
+        geom = dsa_op.GEOM_IDENTITY
+    elif "scale" in geo or "rotate" in geo:
+        geom = dsa_op.GEOM_BILINEAR
+    else:
+        geom = dsa_op.GEOM_INTEGER
+    color = dsa_op.COLOR_NONE
+    if "color" in ops:
+        pos = ops.index("color")
+        before = bool(geo) and all(ops.index(op) > pos for op in geo)
+        color = dsa_op.COLOR_BEFORE if before else dsa_op.COLOR_AFTER
+    return dsa_op.make_flags(geom, color, "cutout" in ops, "noise" in ops)
+
+
+def _pack_compiled(
+    p: AugParams, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor | None, int]:
+    """:func:`pack_reference`'s result, computed by ``torch.ops.mtt_fast.dsa_pack`` (one
+    host call; the parameters must be CPU tensors: :func:`pack` moves them if not)."""
+    if p.device is not None and p.device.type != "cpu":
+        p = p.to("cpu")
+    packed = torch.ops.mtt_fast.dsa_pack.default(
+        [OP_CODES[op] for op in p.ops], list(p.shape), p.theta_scale, p.theta_rot, p.flip,
+        p.brightness, p.saturation, p.contrast, p.crop_shift, p.cutout_center, p.cutout_size,
+        dtype,
+    )
+    if device.type == "cuda":
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    elif device.type != "cpu":
+        packed = packed.to(device)
+    noise = None
+    if "noise" in p.ops:
+        noise = p.noise.to(device=device, dtype=dtype)
+    return packed, noise, _flags_of(p.ops)
+
+
+def pack_reference(
     p: AugParams, dtype: torch.dtype, device: torch.device | str
 ) -> tuple[Tensor, Tensor | None, int]:
-    """The fused op's inputs for sampled parameters.
+    """The fused op's inputs for sampled parameters, in float64 torch ops: the spec of
+    ``torch.ops.mtt_fast.dsa_pack`` (which :func:`pack` uses).
 
     Args:
         p: parameters from :func:`mtt_fast.augment.sample_params` (any device).

@@ -120,13 +120,18 @@ def evaluate_arch(
     seed: int,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    extra: dict | None = None,
 ) -> dict:
     """Train ``repeats`` networks of one architecture and test each on ``split``.
 
+    ``extra`` (``{name: split}``) scores the same networks on more splits too.
+
     Returns:
-        ``{"runs": [metrics...], "mean": {...}, "std": {...}}`` (see ``compute_metrics``).
+        ``{"runs": [metrics...], "mean": {...}, "std": {...}}`` (see ``compute_metrics``), plus
+        ``"extra": {name: {"mean": ..., "std": ...}}`` when ``extra`` is given.
     """
     runs = []
+    extra_runs: dict[str, list] = {name: [] for name in (extra or {})}
     for r in range(repeats):
         model = train_on_synset(
             arch, images, labels, channels=images.shape[1], num_classes=len(split.classes),
@@ -137,7 +142,13 @@ def evaluate_arch(
             raise UserError(f"evaluation training of {arch} diverged (its predictions are NaN or infinite); "
                             f"lower --lr (now {lr:g})")
         runs.append(compute_metrics(probs, split.labels, len(split.classes)))
-    return {"runs": runs, **summarize(runs)}
+        for name, other in (extra or {}).items():
+            extra_runs[name].append(compute_metrics(predict_proba(model, other, device), other.labels,
+                                                    len(other.classes)))
+    out = {"runs": runs, **summarize(runs)}
+    if extra:
+        out["extra"] = {name: summarize(rs) for name, rs in extra_runs.items()}
+    return out
 
 
 def summarize(runs: list[dict]) -> dict:

@@ -6,12 +6,12 @@ sample of ``x`` through a per-sample 2x3 matrix (bilinear with zero padding, or 
 integer map, or the identity), then color, cutout and noise in registers. The op is affine
 in ``x``; ``dsa_backward(grad_y, params, flags)`` is the transpose of its linear part.
 
-This module gives the ops what torch needs around them: fake kernels (``torch.compile``),
-autograd for ``dsa_forward`` (its backward is ``dsa_backward``) and autograd for
-``dsa_backward`` (its backward is ``dsa_forward`` of the linear part: brightness and noise
-dropped), so gradients of any order work. It does not know about
+This module gives the ops their fake kernels (``torch.compile``). Their autograd is
+registered in C++ (csrc/dsa/dsa_autograd.cpp, for speed): the backward of ``dsa_forward``
+is ``dsa_backward``, and that of ``dsa_backward`` is ``dsa_forward`` of the linear part
+(brightness and noise dropped), so gradients of any order work. It does not know about
 :class:`mtt_fast.augment.AugParams`; :mod:`mtt_fast.augment.fused` packs those into the
-layout below.
+layout below (with ``torch.ops.mtt_fast.dsa_pack``, on the host).
 
 Packed per-sample parameters (``params[b, :]``, x's dtype; mirror of csrc/dsa/dsa.h):
 
@@ -117,54 +117,15 @@ def _dsa_backward_fake(grad_y: Tensor, params: Tensor, flags: int) -> Tensor:
     return torch.empty_like(grad_y, memory_format=torch.contiguous_format)
 
 
+# autograd: in C++ (csrc/dsa/dsa_autograd.cpp), because the Python wrapper of
+# torch.library.register_autograd cost more than the kernels on small batches.
 # --------------------------------------------------------------------------------------
-# autograd
-# --------------------------------------------------------------------------------------
-def _forward_setup_context(ctx, inputs, output) -> None:
-    _x, params, _noise, flags = inputs
-    ctx.save_for_backward(params)
-    ctx.flags = flags
-
-
-def _forward_backward(ctx, grad: Tensor):
-    (params,) = ctx.saved_tensors
-    need_x, _, need_noise, _ = ctx.needs_input_grad
-    gx = gn = None
-    if need_x:
-        gx = torch.ops.mtt_fast.dsa_backward.default(grad.contiguous(), params, ctx.flags)
-    if need_noise:  # y = ... + nu * noise
-        gn = grad * params[:, IDX_NOISE].reshape(-1, 1, 1, 1)
-    return gx, None, gn, None
-
-
-def _backward_setup_context(ctx, inputs, output) -> None:
-    _grad, params, flags = inputs
-    ctx.save_for_backward(params)
-    ctx.flags = flags
-
-
-def _backward_backward(ctx, r: Tensor):
-    # dsa_backward is linear in grad_y: its derivative is the forward's linear part.
-    (params,) = ctx.saved_tensors
-    if not ctx.needs_input_grad[0]:
-        return None, None, None
-    flags = ctx.flags & ~FLAG_NOISE
-    out = torch.ops.mtt_fast.dsa_forward.default(r.contiguous(), linear_params(params), None, flags)
-    return out, None, None
-
-
 def _register() -> bool:
-    """Registers fake kernels and autograd for both ops; False when ``_C`` is not loaded."""
+    """Registers the fake kernels of both ops; False when ``_C`` is not loaded."""
     if not _load.loaded():
         return False
     torch.library.register_fake("mtt_fast::dsa_forward")(_dsa_forward_fake)
     torch.library.register_fake("mtt_fast::dsa_backward")(_dsa_backward_fake)
-    torch.library.register_autograd(
-        "mtt_fast::dsa_forward", _forward_backward, setup_context=_forward_setup_context
-    )
-    torch.library.register_autograd(
-        "mtt_fast::dsa_backward", _backward_backward, setup_context=_backward_setup_context
-    )
     return True
 
 

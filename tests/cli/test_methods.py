@@ -25,6 +25,11 @@ def test_dd_through_the_cli(store, tmp_path):
     assert cfg["lr_img"] == 0.01 and cfg["lr_lr"] == 1e-4  # the DD defaults, not MTT's
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines if "loss" in r] == [0, 1, 2, 3]
+    # every in-loop evaluation scores the test split too, for the labelled max-over-evaluations
+    evals = [r for r in lines if "val" in r]
+    assert [r["iteration"] for r in evals] == [0, 2, 4] and all("accuracy" in r["test"] for r in evals)
+    top = json.loads((out / "summary.json").read_text())["max_test_over_evals"]
+    assert top["value"] == max(r["test"]["accuracy"] for r in evals) and "selection on the test set" in top["label"]
     last = Synset.load(out / "synset_last")
     assert last.syn_lr != TrajectoryStore.open(store).expert_lr  # the step size is learned
     assert not torch.equal(last.images, Synset.load(out / "synset").images) or s.meta["iteration"] == 4

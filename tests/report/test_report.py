@@ -72,7 +72,10 @@ def runs(tmp_path_factory):
             v = 40.0 + 5 * it - (it == 6) * 20
             lines.append({"iteration": it, "val": {"accuracy": v, "balanced_accuracy": v - 3, "auc": v + 10,
                                                    "per_class_recall": [v, v - 10, v - 20]},
-                          "val_std": {"accuracy": 1.0, "balanced_accuracy": 1.0, "auc": 1.0}})
+                          "val_std": {"accuracy": 1.0, "balanced_accuracy": 1.0, "auc": 1.0},
+                          # the test split peaks where validation does not (iteration 6)
+                          "test": {"accuracy": 50.0 + 3 * it, "balanced_accuracy": 45.0},
+                          "test_std": {"accuracy": 2.0, "balanced_accuracy": 1.0}})
         if it < 6:
             lines.append({"iteration": it, "loss": 1.0 - 0.1 * it, "syn_lr": 0.01 + 0.001 * it, "seconds": 0.1})
     _write(mtt / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in lines) + '{"torn')
@@ -140,8 +143,13 @@ def test_tables_hold_the_numbers(report):
     assert "| 1 | 10000 | 20 | 63.8 | 6 | complete | `p2` |" in md
     # the run, the still-running eval, the real counts from the store
     assert "best validation Accuracy (%) 55.0 at iteration 3" in md
+    # the labelled max-over-evaluations test number: where the TEST split peaked, marked as such
+    assert "max over evaluations" in md and "selection on the test set" in md
+    assert "| toy | 1 | MTT | Accuracy (%) | 68.0 ± 2.0 | 6 | `study/mtt_ipc1` |" in md
+    assert "max over in-loop evaluations of the TEST split 68.0 at iteration 6" in md
     assert "eval_cross: evaluation still running" in md
     data = json.loads((report / "report.json").read_text())
+    assert [t["value"] for t in data["max_test_over_evals"]] == [68.0]
     counts = {c["dataset"]: c for c in data["class_counts"]}
     assert counts["toy"]["real_train"] == [30, 10, 5] and "split.json" in counts["toy"]["real_source"]
     assert counts["crc"]["real_train"] is None  # no store, data unreachable: skipped with a note
