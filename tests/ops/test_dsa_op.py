@@ -160,9 +160,9 @@ def test_pack_op_rejects_missing_and_misshapen_parameters():
                       torch.Generator().manual_seed(0))
     op = torch.ops.mtt_fast.dsa_pack.default
     codes = [OP_CODES[o] for o in p.ops]
-    base = dict(theta_scale=None, theta_rot=p.theta_rot, flip=None, brightness=p.brightness,
-                saturation=p.saturation, contrast=p.contrast, crop_shift=p.crop_shift,
-                cutout_center=None, cutout_size=None)
+    base = {"theta_scale": None, "theta_rot": p.theta_rot, "flip": None, "brightness": p.brightness,
+            "saturation": p.saturation, "contrast": p.contrast, "crop_shift": p.crop_shift,
+            "cutout_center": None, "cutout_size": None}
 
     def call(codes=codes, **change):
         kw = {**base, **change}
