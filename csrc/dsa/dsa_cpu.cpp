@@ -14,6 +14,7 @@
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "dsa/dsa.h"
@@ -78,11 +79,13 @@ struct Scratch {
   std::vector<acc_t> wcol0, wcol1;
   std::vector<acc_t> kappa;  // W: coverage
   std::vector<acc_t> keep;   // W: 1 outside the cutout box, 0 inside
+  std::vector<acc_t> colkeep;  // W: the same for a separable cutout frame (see row_keep)
   std::vector<acc_t> aux;    // W: channel sums / color terms
   std::vector<acc_t> tmp;    // W: backward column scatter of the separable path
   std::vector<acc_t> gv;     // C W: backward per-channel gradients of the sampled image
   Scratch(int64_t C, int64_t W)
-      : col0(W), col1(W), wcol0(W), wcol1(W), kappa(W), keep(W), aux(W), tmp(W), gv(C * W) {
+      : col0(W), col1(W), wcol0(W), wcol1(W), kappa(W), keep(W), colkeep(W), aux(W), tmp(W),
+        gv(C * W) {
     for (int t = 0; t < 4; ++t) {
       off[t].resize(W);
       w[t].resize(W);
@@ -250,6 +253,37 @@ void keep_row(const SampleParams<acc_t>& P, int64_t i, int64_t W, acc_t* keep) {
   for (int64_t j = k1; j < j1; ++j) keep[j] = cutout_keep<acc_t>(P, true, i, j) ? acc_t(1) : acc_t(0);
 }
 
+// The cutout frame Q keeps rows as rows (flips, crops and scales after cutout, or none):
+// then cutout_keep(i, j) = !(row i in the box && column j in the box) exactly (the other
+// coordinate's term is a zero product), so the column test is done once per sample.
+template <typename acc_t>
+bool separable_cutout(const SampleParams<acc_t>& P) {
+  return P.q[1] == acc_t(0) && P.q[3] == acc_t(0);
+}
+
+template <typename acc_t>
+void column_keep(const SampleParams<acc_t>& P, int64_t W, Scratch<acc_t>& s) {
+  for (int64_t j = 0; j < W; ++j) {  // cutout_keep's column test, its q1 term a zero product
+    const acc_t c = static_cast<acc_t>(
+        round_to_int<acc_t>(P.q[0] * static_cast<acc_t>(j) + P.q[1] * acc_t(0) + P.q[2]));
+    s.colkeep[j] = (c >= P.box[2] && c < P.box[3]) ? acc_t(0) : acc_t(1);
+  }
+}
+
+// The keep mask of row i (nullptr: every pixel kept), with column_keep done beforehand
+// when `sep` (separable_cutout).
+template <typename acc_t>
+const acc_t* row_keep(const SampleParams<acc_t>& P, bool sep, int64_t i, int64_t W,
+                      Scratch<acc_t>& s) {
+  if (sep) {
+    const acc_t r = static_cast<acc_t>(
+        round_to_int<acc_t>(P.q[3] * acc_t(0) + P.q[4] * static_cast<acc_t>(i) + P.q[5]));
+    return (r >= P.box[0] && r < P.box[1]) ? s.colkeep.data() : nullptr;
+  }
+  keep_row<acc_t>(P, i, W, s.keep.data());
+  return s.keep.data();
+}
+
 // y row of every channel = (scale v + chan cm + cst kappa) * keep + nu noise, in place
 // over the sampled rows v (which may be x itself for the identity map).
 template <typename scalar_t, typename acc_t>
@@ -308,8 +342,12 @@ void sample_row(const SampleParams<acc_t>& P, int geom, bool sep, const scalar_t
   if (geom == kGeomInteger && integer_row<acc_t>(P, i, H, W, r)) {
     for (int64_t c = 0; c < C; ++c) {
       scalar_t* yc = y + c * HW + i * W;
-      std::fill(yc, yc + W, scalar_t(0));
-      if (r.j1 <= r.j0) continue;
+      if (r.j1 <= r.j0) {
+        std::fill(yc, yc + W, scalar_t(0));
+        continue;
+      }
+      std::fill(yc, yc + r.j0, scalar_t(0));
+      std::fill(yc + r.j1, yc + W, scalar_t(0));
       const scalar_t* src = x + c * HW + r.sy * W + r.base;
       if (r.dir > 0) {
         for (int64_t j = r.j0; j < r.j1; ++j) yc[j] = src[j];
@@ -421,6 +459,8 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
   const int32_t H32 = static_cast<int32_t>(H), W32 = static_cast<int32_t>(W);
   const bool sep = geom != kGeomIdentity && separable<acc_t>(P);
   if (sep) column_taps<acc_t>(P, W32, s);
+  const bool sep_cut = cutout && separable_cutout<acc_t>(P);
+  if (sep_cut) column_keep<acc_t>(P, W, s);
 
   double mu = 0.0;
   if (color == kColorBefore) {
@@ -444,11 +484,7 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
       }
       continue;
     }
-    const acc_t* keep = nullptr;
-    if (cutout) {
-      keep_row<acc_t>(P, i, W, s.keep.data());
-      keep = s.keep.data();
-    }
+    const acc_t* keep = cutout ? row_keep<acc_t>(P, sep_cut, i, W, s) : nullptr;
     finish_row<scalar_t, acc_t>(v, y + i * W, noise != nullptr ? noise + i * W : nullptr, C, HW,
                                 W, color, k, kappa, keep, P.noise, s.aux.data());
   }
@@ -457,11 +493,7 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
   // color "after": about the mean of the sampled image
   k = color_coefs<acc_t>(P, color, static_cast<acc_t>(sum_v / static_cast<double>(N)));
   for (int64_t i = 0; i < H; ++i) {
-    const acc_t* keep = nullptr;
-    if (cutout) {
-      keep_row<acc_t>(P, i, W, s.keep.data());
-      keep = s.keep.data();
-    }
+    const acc_t* keep = cutout ? row_keep<acc_t>(P, sep_cut, i, W, s) : nullptr;
     const scalar_t* v = (geom == kGeomIdentity ? x : y) + i * W;
     finish_row<scalar_t, acc_t>(v, y + i * W, noise != nullptr ? noise + i * W : nullptr, C, HW, W, color, k,
                                 nullptr, keep, P.noise, s.aux.data());
@@ -481,7 +513,8 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
   const acc_t chan_over_c = k.chan / static_cast<acc_t>(C);
   const bool sep = geom != kGeomIdentity && separable<acc_t>(P);
   if (sep) column_taps<acc_t>(P, W32, s);
-  acc_t* keep = s.keep.data();
+  const bool sep_cut = cutout && separable_cutout<acc_t>(P);
+  if (sep_cut) column_keep<acc_t>(P, W, s);
   acc_t* sum_h = s.aux.data();
 
   // color "after": S = sum of keep * g over the sample, before anything else
@@ -490,7 +523,11 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
     double S = 0.0;
     if (cutout) {
       for (int64_t i = 0; i < H; ++i) {
-        keep_row<acc_t>(P, i, W, keep);
+        const acc_t* keep = row_keep<acc_t>(P, sep_cut, i, W, s);
+        if (keep == nullptr) {
+          for (int64_t c = 0; c < C; ++c) S += sum_values<scalar_t>(g + c * HW + i * W, W);
+          continue;
+        }
         for (int64_t j = 0; j < W; ++j) sum_h[j] = acc_t(0);
         for (int64_t c = 0; c < C; ++c) {
           const scalar_t* gc = g + c * HW + i * W;
@@ -503,7 +540,13 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
     }
     uniform_terms<acc_t>(P, color, S, N, in_v, in_x);
   }
-  if (geom != kGeomIdentity) std::fill(gx, gx + N, scalar_t(0));
+  // gx starts at zero, except for a flip or the identity as an integer map: every input
+  // pixel is then written exactly once below
+  const bool covers = geom == kGeomInteger && P.a[1] == acc_t(0) && P.a[3] == acc_t(0) &&
+                      P.a[4] == acc_t(1) && P.a[5] == acc_t(0) &&
+                      ((P.a[0] == acc_t(1) && P.a[2] == acc_t(0)) ||
+                       (P.a[0] == acc_t(-1) && P.a[2] == static_cast<acc_t>(W - 1)));
+  if (geom != kGeomIdentity && !covers) std::fill(gx, gx + N, scalar_t(0));
   double S_before = 0.0;
   RowAxis<acc_t> ry{0, 0, acc_t(0), acc_t(0)};
   for (int64_t i = 0; i < H; ++i) {
@@ -527,45 +570,44 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
         kappa = s.kappa.data();
       }
     }
-    if (cutout) keep_row<acc_t>(P, i, W, keep);
-    // gv = grad_v(h) with h = keep * g
+    const acc_t* keep = cutout ? row_keep<acc_t>(P, sep_cut, i, W, s) : nullptr;
+    // gv = grad_v(h) with h = keep * g (keep == nullptr: every pixel kept)
     if (color != kColorNone) {
       for (int64_t j = 0; j < W; ++j) sum_h[j] = acc_t(0);
       for (int64_t c = 0; c < C; ++c) {
         const scalar_t* gc = g + c * HW + i * W;
         for (int64_t j = 0; j < W; ++j) sum_h[j] += static_cast<acc_t>(gc[j]);
       }
-      if (cutout) {
+      if (keep != nullptr) {
         for (int64_t j = 0; j < W; ++j) sum_h[j] *= keep[j];
       }
       if (color == kColorBefore) {
+        double row = 0.0;  // a local accumulator: S_before itself would live in memory
         if (kind == 0) {
-          for (int64_t j = 0; j < W; ++j) S_before += static_cast<double>(sum_h[j]);
+          for (int64_t j = 0; j < W; ++j) row += static_cast<double>(sum_h[j]);
         } else if (kind == 1) {
-          for (int64_t j = r.j0; j < r.j1; ++j) S_before += static_cast<double>(sum_h[j]);
+          for (int64_t j = r.j0; j < r.j1; ++j) row += static_cast<double>(sum_h[j]);
         } else {
-          for (int64_t j = 0; j < W; ++j) S_before += static_cast<double>(sum_h[j] * kappa[j]);
+          for (int64_t j = 0; j < W; ++j) row += static_cast<double>(sum_h[j] * kappa[j]);
         }
+        S_before += row;
       }
       for (int64_t j = 0; j < W; ++j) sum_h[j] *= chan_over_c;
     }
     for (int64_t c = 0; c < C; ++c) {
       const scalar_t* gc = g + c * HW + i * W;
-      acc_t* gv = s.gv.data() + c * W;
-      if (color == kColorNone && !cutout) {
+      // the identity map writes gv straight into grad_x (acc_t is scalar_t: float, double)
+      static_assert(std::is_same_v<acc_t, scalar_t>, "the CPU twin computes in the input dtype");
+      acc_t* gv = kind == 0 ? gx + c * HW + i * W : s.gv.data() + c * W;
+      if (color == kColorNone && keep == nullptr) {
         for (int64_t j = 0; j < W; ++j) gv[j] = static_cast<acc_t>(gc[j]) * k.scale;
       } else {
         for (int64_t j = 0; j < W; ++j) {
-          const acc_t h = cutout ? keep[j] * static_cast<acc_t>(gc[j]) : static_cast<acc_t>(gc[j]);
+          const acc_t h = keep != nullptr ? keep[j] * static_cast<acc_t>(gc[j]) : static_cast<acc_t>(gc[j]);
           gv[j] = grad_v<acc_t>(k, h, color != kColorNone ? sum_h[j] : acc_t(0), in_v);
         }
       }
-      scalar_t* gxc = gx + c * HW;
-      if (kind == 0) {
-        for (int64_t j = 0; j < W; ++j) gxc[i * W + j] = static_cast<scalar_t>(gv[j]);
-      } else {
-        scatter_row<scalar_t, acc_t>(kind, r, ry, gv, gxc, W32, s);
-      }
+      if (kind != 0) scatter_row<scalar_t, acc_t>(kind, r, ry, gv, gx + c * HW, W32, s);
     }
   }
   if (color == kColorBefore) {
