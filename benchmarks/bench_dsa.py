@@ -6,6 +6,8 @@ one process, for batches 256x3x32x32, 100x1x28x28 and 32x3x224x224, with the MTT
 strategy ``color_crop_cutout_flip_scale_rotate``:
 
 * mode "M": all six groups in one call;
+* reference and fused calls alternate (one each per round, medians over the rounds), so
+  drift on a shared machine hits both alike;
 * mode "S": one group per call (the MTT default); the time reported is the MEAN over the six
   groups of the per-group medians, i.e. the expected time of one call (each group is drawn
   with probability 1/6); the per-group times are in the JSON.
@@ -75,7 +77,17 @@ def _timer(device: str):
 def _repeats(device: str, numel: int) -> int:
     if device == "cuda":
         return 50
-    return 15 if numel <= 1_000_000 else 5
+    return 41 if numel <= 1_000_000 else 9
+
+
+def _pair(timer, ref_fn, fused_fn, repeats: int) -> tuple[float, float]:
+    """Medians of the reference and the fused call, timed alternately (rounds of 1) so that
+    drift on a shared machine affects both alike."""
+    ref, fused = [], []
+    for _ in range(repeats):
+        ref.append(timer(ref_fn, 1))
+        fused.append(timer(fused_fn, 1))
+    return statistics.median(ref), statistics.median(fused)
 
 
 def _fwd_bwd(x, params, grad, impl):
@@ -107,8 +119,7 @@ def bench_device(device: str) -> list[dict]:
         # mode M: the whole strategy in one call
         pm = sample_params(DSAConfig(mode="M"), shape, torch.Generator().manual_seed(1),
                            device=device)
-        ref_m = timer(_fwd_bwd(x, pm, grad, "reference"), reps)
-        fused_m = timer(_fwd_bwd(x, pm, grad, "fused"), reps)
+        ref_m, fused_m = _pair(timer, _fwd_bwd(x, pm, grad, "reference"), _fwd_bwd(x, pm, grad, "fused"), reps)
         row_m = {"device": device, "shape": list(shape), "mode": "M",
                  "reference_ms": ref_m * 1e3, "fused_ms": fused_m * 1e3,
                  "speedup": ref_m / fused_m}
@@ -117,8 +128,7 @@ def bench_device(device: str) -> list[dict]:
         for k, op in enumerate(groups):
             ps = sample_params(DSAConfig(strategy=op, mode="S"), shape,
                                torch.Generator().manual_seed(10 + k), device=device)
-            r = timer(_fwd_bwd(x, ps, grad, "reference"), reps)
-            f = timer(_fwd_bwd(x, ps, grad, "fused"), reps)
+            r, f = _pair(timer, _fwd_bwd(x, ps, grad, "reference"), _fwd_bwd(x, ps, grad, "fused"), reps)
             per_group[op] = {"reference_ms": r * 1e3, "fused_ms": f * 1e3, "speedup": r / f}
         ref_s = statistics.mean(v["reference_ms"] for v in per_group.values())
         fused_s = statistics.mean(v["fused_ms"] for v in per_group.values())

@@ -70,10 +70,11 @@ bool integer_row(const SampleParams<acc_t>& P, int64_t i, int64_t H, int64_t W, 
 // Per-thread scratch, one row (or one row per channel) long.
 template <typename acc_t>
 struct Scratch {
-  // bilinear taps of one row, structure of arrays (tap t of pixel j: plane offset off[t][j],
-  // weight w[t][j]; a tap outside the frame has weight 0 and an in-frame offset)
-  std::vector<int32_t> off[4];
-  std::vector<acc_t> w[4];
+  // general bilinear sampling of one row, on a zero-padded copy of the sample (see
+  // bilinear_row): offset of the top-left tap in the padded plane, and the fractions
+  std::vector<int32_t> off;
+  std::vector<acc_t> fx, fy;
+  std::vector<acc_t> pad;  // C (H + 3) (W + 3): the padded sample (forward) or its gradient
   // separable (axis-aligned) sampling: the column taps, the same for every row of a sample
   std::vector<int32_t> col0, col1;
   std::vector<acc_t> wcol0, wcol1;
@@ -84,13 +85,8 @@ struct Scratch {
   std::vector<acc_t> tmp;    // W: backward column scatter of the separable path
   std::vector<acc_t> gv;     // C W: backward per-channel gradients of the sampled image
   Scratch(int64_t C, int64_t W)
-      : col0(W), col1(W), wcol0(W), wcol1(W), kappa(W), keep(W), colkeep(W), aux(W), tmp(W),
-        gv(C * W) {
-    for (int t = 0; t < 4; ++t) {
-      off[t].resize(W);
-      w[t].resize(W);
-    }
-  }
+      : off(W), fx(W), fy(W), col0(W), col1(W), wcol0(W), wcol1(W), kappa(W), keep(W),
+        colkeep(W), aux(W), tmp(W), gv(C * W) {}
 };
 
 // ---- bilinear sampling, the CPU's row-wise forms of bilinear_taps (dsa.h) ---------------
@@ -159,40 +155,102 @@ RowAxis<acc_t> row_axis(const SampleParams<acc_t>& P, int64_t i, int32_t H) {
   return r;
 }
 
-// General bilinear taps of row i (any 2x3 map), and the coverage.
-template <typename acc_t>
+// General bilinear sampling (any 2x3 map) reads a zero-padded copy of each channel plane:
+// one zero column/row before the frame and two after, Wp = W + 3, so that the four taps of
+// every (clamped) point are in the buffer and need no validity test: a tap outside the
+// frame reads (forward) or accumulates into (backward) the padding, which is bilinear_taps'
+// zero weight. Per pixel: o = padded offset of the top-left tap, fx, fy the fractions;
+//   v = (1 - fy) ((1 - fx) p[o] + fx p[o + 1]) + fy ((1 - fx) p[o + Wp] + fx p[o + Wp + 1]),
+// bilinear_taps' sum in factored form. The coverage (color "before") is
+// (wy0 + wy1) (wx0 + wx1) with bilinear_taps' zero-padded weights.
+inline int64_t padded_width(int64_t W) { return W + 3; }
+inline int64_t padded_plane(int64_t H, int64_t W) { return (H + 3) * (W + 3); }
+
+template <typename acc_t, bool kWantKappa>
 void bilinear_row_loop(acc_t a0, acc_t bx, acc_t a2, acc_t a3, acc_t by, acc_t a5, int32_t H,
-                       int32_t W, int32_t* __restrict__ o0, int32_t* __restrict__ o1,
-                       int32_t* __restrict__ o2, int32_t* __restrict__ o3,
-                       acc_t* __restrict__ w0, acc_t* __restrict__ w1, acc_t* __restrict__ w2,
-                       acc_t* __restrict__ w3, acc_t* __restrict__ kappa) {
+                       int32_t W, int32_t* __restrict__ off, acc_t* __restrict__ fxs,
+                       acc_t* __restrict__ fys, acc_t* __restrict__ kappa) {
+  const int32_t Wp = W + 3;
+  const acc_t fw = static_cast<acc_t>(W), fh = static_cast<acc_t>(H);
+  const uint32_t uw = static_cast<uint32_t>(W), uh = static_cast<uint32_t>(H);
   for (int32_t j = 0; j < W; ++j) {
     const acc_t fj = static_cast<acc_t>(j);
-    int32_t xa, xb, ya, yb;
-    acc_t wx0, wx1, wy0, wy1;
-    axis_taps<acc_t>((a0 * fj + bx) + a2, W, xa, xb, wx0, wx1);
-    axis_taps<acc_t>((a3 * fj + by) + a5, H, ya, yb, wy0, wy1);
-    o0[j] = ya * W + xa;
-    o1[j] = ya * W + xb;
-    o2[j] = yb * W + xa;
-    o3[j] = yb * W + xb;
-    const acc_t t0 = wy0 * wx0, t1 = wy0 * wx1, t2 = wy1 * wx0, t3 = wy1 * wx1;
-    w0[j] = t0;
-    w1[j] = t1;
-    w2[j] = t2;
-    w3[j] = t3;
-    kappa[j] = ((t0 + t1) + t2) + t3;
+    const acc_t cx = std::min(std::max((a0 * fj + bx) + a2, acc_t(-1)), fw);
+    const acc_t cy = std::min(std::max((a3 * fj + by) + a5, acc_t(-1)), fh);
+    const int32_t x0 = floor_i32<acc_t>(cx), y0 = floor_i32<acc_t>(cy);
+    const acc_t fx = cx - static_cast<acc_t>(x0), fy = cy - static_cast<acc_t>(y0);
+    off[j] = (y0 + 1) * Wp + (x0 + 1);
+    fxs[j] = fx;
+    fys[j] = fy;
+    if constexpr (kWantKappa) {  // axis_taps' zero-padded weights, summed per axis
+      const acc_t wx = static_cast<acc_t>(static_cast<uint32_t>(x0) < uw) * (acc_t(1) - fx) +
+                       static_cast<acc_t>(static_cast<uint32_t>(x0 + 1) < uw) * fx;
+      const acc_t wy = static_cast<acc_t>(static_cast<uint32_t>(y0) < uh) * (acc_t(1) - fy) +
+                       static_cast<acc_t>(static_cast<uint32_t>(y0 + 1) < uh) * fy;
+      kappa[j] = wy * wx;
+    }
   }
 }
 
 template <typename acc_t>
 void bilinear_row(const SampleParams<acc_t>& P, int64_t i, int32_t H, int32_t W,
-                  Scratch<acc_t>& s) {
+                  bool want_kappa, Scratch<acc_t>& s) {
   const acc_t fi = static_cast<acc_t>(i);
-  bilinear_row_loop<acc_t>(P.a[0], P.a[1] * fi, P.a[2], P.a[3], P.a[4] * fi, P.a[5], H, W,
-                           s.off[0].data(), s.off[1].data(), s.off[2].data(), s.off[3].data(),
-                           s.w[0].data(), s.w[1].data(), s.w[2].data(), s.w[3].data(),
-                           s.kappa.data());
+  if (want_kappa) {
+    bilinear_row_loop<acc_t, true>(P.a[0], P.a[1] * fi, P.a[2], P.a[3], P.a[4] * fi, P.a[5], H,
+                                   W, s.off.data(), s.fx.data(), s.fy.data(), s.kappa.data());
+  } else {
+    bilinear_row_loop<acc_t, false>(P.a[0], P.a[1] * fi, P.a[2], P.a[3], P.a[4] * fi, P.a[5], H,
+                                    W, s.off.data(), s.fx.data(), s.fy.data(), s.kappa.data());
+  }
+}
+
+// The zero-padded copy of one sample's planes (forward of the general bilinear path).
+template <typename scalar_t, typename acc_t>
+void pad_sample(const scalar_t* x, int64_t C, int64_t H, int64_t W, Scratch<acc_t>& s) {
+  const int64_t Wp = padded_width(W), P = padded_plane(H, W);
+  s.pad.assign(static_cast<size_t>(C * P), acc_t(0));
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t i = 0; i < H; ++i) {
+      const scalar_t* src = x + (c * H + i) * W;
+      acc_t* dst = s.pad.data() + c * P + (i + 1) * Wp + 1;
+      for (int64_t j = 0; j < W; ++j) dst[j] = static_cast<acc_t>(src[j]);
+    }
+  }
+}
+
+// The four taps of one channel row from the padded plane p.
+template <typename scalar_t, typename acc_t>
+void gather_row(const acc_t* __restrict__ p, const int32_t* __restrict__ off,
+                const acc_t* __restrict__ fxs, const acc_t* __restrict__ fys, int32_t W,
+                scalar_t* __restrict__ y) {
+  const int32_t Wp = W + 3;
+  for (int32_t j = 0; j < W; ++j) {
+    const acc_t* q = p + off[j];
+    const acc_t fx = fxs[j], fy = fys[j];
+    const acc_t top = (acc_t(1) - fx) * q[0] + fx * q[1];
+    const acc_t bot = (acc_t(1) - fx) * q[Wp] + fx * q[Wp + 1];
+    y[j] = static_cast<scalar_t>((acc_t(1) - fy) * top + fy * bot);
+  }
+}
+
+// Its transpose: the padded gradient plane p += taps^T gv, one pass per tap column (tap
+// o + 1 of pixel j is usually tap o of pixel j + 1: interleaved, every update would wait
+// on the previous one through memory).
+template <typename acc_t>
+void scatter_padded_row(acc_t* p, const int32_t* __restrict__ off, const acc_t* __restrict__ fxs,
+                        const acc_t* __restrict__ fys, const acc_t* __restrict__ gv, int32_t W) {
+  const int32_t Wp = W + 3;
+  for (int32_t j = 0; j < W; ++j) {
+    const acc_t g = (acc_t(1) - fxs[j]) * gv[j];
+    p[off[j]] += (acc_t(1) - fys[j]) * g;
+    p[off[j] + Wp] += fys[j] * g;
+  }
+  for (int32_t j = 0; j < W; ++j) {
+    const acc_t g = fxs[j] * gv[j];
+    p[off[j] + 1] += (acc_t(1) - fys[j]) * g;
+    p[off[j] + Wp + 1] += fys[j] * g;
+  }
 }
 
 // keep[j] for row i, from cutout_keep (dsa.h): pixel j is cut iff, for both coordinates
@@ -200,9 +258,10 @@ void bilinear_row(const SampleParams<acc_t>& P, int64_t i, int32_t H, int32_t W,
 // rounding in cutout_keep amounts to). q(j) as computed in acc_t is monotone in j (each
 // rounded operation is), so the cut pixels form one interval of j (for s = 0 the condition
 // is the same for every j and is decided exactly). Its ends are predicted in double to
-// within `err` (a bound on the rounding of q, in pixels of j): pixels safely inside the
-// prediction are cut directly, and only those within err + 2 of an end are evaluated one
-// by one with cutout_keep itself (a nearly flat q, |s| tiny, makes that the whole row).
+// within `err` (a bound on the rounding of q, in pixels of j), and found exactly with
+// cutout_keep itself by testing inward from just outside the prediction (a nearly flat q,
+// |s| tiny, makes that a test of the whole row). The interval property is what the
+// larger-image tests in tests/ops/test_dsa_op.py check against the spec.
 template <typename acc_t>
 void keep_row(const SampleParams<acc_t>& P, int64_t i, int64_t W, acc_t* keep) {
   std::fill(keep, keep + W, acc_t(1));
@@ -242,15 +301,16 @@ void keep_row(const SampleParams<acc_t>& P, int64_t i, int64_t W, acc_t* keep) {
     return;
   }
   if (hi < lo - 2.0 * err - 8.0) return;  // no pixel of this row is cut
-  // outer [j0, j1): may hold cut pixels; inner [k0, k1): certainly cut
+  // every cut pixel lies in [j0, j1); the cut pixels are one interval, so its first and
+  // last are found by testing upward from j0 and downward from j1 - 1
   const int64_t j0 = std::max<int64_t>(0, static_cast<int64_t>(std::floor(lo - err)) - 2);
   const int64_t j1 = std::min<int64_t>(W, static_cast<int64_t>(std::ceil(hi + err)) + 3);
-  int64_t k0 = std::max<int64_t>(j0, static_cast<int64_t>(std::ceil(lo + err)) + 2);
-  int64_t k1 = std::min<int64_t>(j1, static_cast<int64_t>(std::floor(hi - err)) - 1);
-  if (k1 <= k0) k0 = k1 = j1;
-  for (int64_t j = j0; j < k0; ++j) keep[j] = cutout_keep<acc_t>(P, true, i, j) ? acc_t(1) : acc_t(0);
-  for (int64_t j = k0; j < k1; ++j) keep[j] = acc_t(0);
-  for (int64_t j = k1; j < j1; ++j) keep[j] = cutout_keep<acc_t>(P, true, i, j) ? acc_t(1) : acc_t(0);
+  int64_t first = j0;
+  while (first < j1 && cutout_keep<acc_t>(P, true, i, first)) ++first;
+  if (first >= j1) return;  // none (also when the prediction lies beyond the frame)
+  int64_t last = j1 - 1;
+  while (last > first && cutout_keep<acc_t>(P, true, i, last)) --last;
+  std::fill(keep + first, keep + last + 1, acc_t(0));
 }
 
 // The cutout frame Q keeps rows as rows (flips, crops and scales after cutout, or none):
@@ -383,24 +443,17 @@ void sample_row(const SampleParams<acc_t>& P, int geom, bool sep, const scalar_t
     }
     return;
   }
-  bilinear_row<acc_t>(P, i, H, W, s);
-  const int32_t *o0 = s.off[0].data(), *o1 = s.off[1].data(), *o2 = s.off[2].data(),
-                *o3 = s.off[3].data();
-  const acc_t *w0 = s.w[0].data(), *w1 = s.w[1].data(), *w2 = s.w[2].data(),
-              *w3 = s.w[3].data();
+  bilinear_row<acc_t>(P, i, H, W, want_kappa, s);
+  const int64_t PP = padded_plane(H, W);
   for (int64_t c = 0; c < C; ++c) {
-    scalar_t* yc = y + c * HW + i * W;
-    const scalar_t* xc = x + c * HW;
-    for (int32_t j = 0; j < W; ++j) {
-      yc[j] = static_cast<scalar_t>(
-          w0[j] * static_cast<acc_t>(xc[o0[j]]) + w1[j] * static_cast<acc_t>(xc[o1[j]]) +
-          w2[j] * static_cast<acc_t>(xc[o2[j]]) + w3[j] * static_cast<acc_t>(xc[o3[j]]));
-    }
+    gather_row<scalar_t, acc_t>(s.pad.data() + c * PP, s.off.data(), s.fx.data(), s.fy.data(), W,
+                                y + c * HW + i * W);
   }
 }
 
-// The transpose of sample_row for one channel: gx (the channel's plane) += taps^T gv.
-// For the integer map it writes (each input pixel is read by at most one output pixel).
+// The transpose of sample_row for one channel, integer and separable maps: gx (the
+// channel's plane) += taps^T gv (the integer map writes: each input pixel is read by at most
+// one output pixel). The general map uses scatter_padded_row.
 template <typename scalar_t, typename acc_t>
 void scatter_row(int kind, const IntRow& r, const RowAxis<acc_t>& ry, const acc_t* gv,
                  scalar_t* gxc, int32_t W, Scratch<acc_t>& s) {
@@ -430,21 +483,7 @@ void scatter_row(int kind, const IntRow& r, const RowAxis<acc_t>& ry, const acc_
     for (int32_t j = 0; j < W; ++j) rb[j] = static_cast<scalar_t>(static_cast<acc_t>(rb[j]) + ry.w1 * t[j]);
     return;
   }
-  const int32_t *o0 = s.off[0].data(), *o1 = s.off[1].data(), *o2 = s.off[2].data(),
-                *o3 = s.off[3].data();
-  const acc_t *w0 = s.w[0].data(), *w1 = s.w[1].data(), *w2 = s.w[2].data(),
-              *w3 = s.w[3].data();
-  // one pass per tap (see the separable case): consecutive updates of a pass mostly hit
-  // consecutive pixels
-  const int32_t* offs[4] = {o0, o1, o2, o3};
-  const acc_t* ws[4] = {w0, w1, w2, w3};
-  for (int t = 0; t < 4; ++t) {
-    const int32_t* o = offs[t];
-    const acc_t* w = ws[t];
-    for (int32_t j = 0; j < W; ++j) {
-      gxc[o[j]] = static_cast<scalar_t>(static_cast<acc_t>(gxc[o[j]]) + w[j] * gv[j]);
-    }
-  }
+  TORCH_INTERNAL_ASSERT(false, "scatter_row: the general bilinear map scatters into the padded buffer");
 }
 
 template <typename scalar_t>
@@ -459,6 +498,7 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
   const int32_t H32 = static_cast<int32_t>(H), W32 = static_cast<int32_t>(W);
   const bool sep = geom != kGeomIdentity && separable<acc_t>(P);
   if (sep) column_taps<acc_t>(P, W32, s);
+  if (geom != kGeomIdentity && !sep) pad_sample<scalar_t, acc_t>(x, C, H, W, s);
   const bool sep_cut = cutout && separable_cutout<acc_t>(P);
   if (sep_cut) column_keep<acc_t>(P, W, s);
 
@@ -513,6 +553,9 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
   const acc_t chan_over_c = k.chan / static_cast<acc_t>(C);
   const bool sep = geom != kGeomIdentity && separable<acc_t>(P);
   if (sep) column_taps<acc_t>(P, W32, s);
+  const bool general = geom != kGeomIdentity && !sep;  // accumulates in the padded buffer
+  const int64_t PP = padded_plane(H, W), Wp = padded_width(W);
+  if (general) s.pad.assign(static_cast<size_t>(C * PP), acc_t(0));
   const bool sep_cut = cutout && separable_cutout<acc_t>(P);
   if (sep_cut) column_keep<acc_t>(P, W, s);
   acc_t* sum_h = s.aux.data();
@@ -546,7 +589,7 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
                       P.a[4] == acc_t(1) && P.a[5] == acc_t(0) &&
                       ((P.a[0] == acc_t(1) && P.a[2] == acc_t(0)) ||
                        (P.a[0] == acc_t(-1) && P.a[2] == static_cast<acc_t>(W - 1)));
-  if (geom != kGeomIdentity && !covers) std::fill(gx, gx + N, scalar_t(0));
+  if (geom != kGeomIdentity && !covers && !general) std::fill(gx, gx + N, scalar_t(0));
   double S_before = 0.0;
   RowAxis<acc_t> ry{0, 0, acc_t(0), acc_t(0)};
   for (int64_t i = 0; i < H; ++i) {
@@ -566,7 +609,7 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
         }
       } else {
         kind = 3;
-        bilinear_row<acc_t>(P, i, H32, W32, s);
+        bilinear_row<acc_t>(P, i, H32, W32, color == kColorBefore, s);
         kappa = s.kappa.data();
       }
     }
@@ -607,7 +650,19 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
           gv[j] = grad_v<acc_t>(k, h, color != kColorNone ? sum_h[j] : acc_t(0), in_v);
         }
       }
-      if (kind != 0) scatter_row<scalar_t, acc_t>(kind, r, ry, gv, gx + c * HW, W32, s);
+      if (kind == 3) {
+        scatter_padded_row<acc_t>(s.pad.data() + c * PP, s.off.data(), s.fx.data(), s.fy.data(), gv, W32);
+      } else if (kind != 0) {
+        scatter_row<scalar_t, acc_t>(kind, r, ry, gv, gx + c * HW, W32, s);
+      }
+    }
+  }
+  if (general) {  // the frame of the padded gradient (taps into the padding read zeros)
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t i = 0; i < H; ++i) {
+        const acc_t* src = s.pad.data() + c * PP + (i + 1) * Wp + 1;
+        std::copy(src, src + W, gx + c * HW + i * W);
+      }
     }
   }
   if (color == kColorBefore) {
