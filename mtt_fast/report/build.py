@@ -327,9 +327,11 @@ def build_report(paths: list[str | Path], out: str | Path, *, load_data: bool = 
         if info["seconds_per_iteration"]:
             facts.append(f"{info['seconds_per_iteration']:.2f} s per iteration")
         doc.add("; ".join(facts) + ".", "")
+        loss_label = ("DD loss (cross-entropy of\nthe updated nets on real images)" if d.method == "dd"
+                      else "matching loss\n(normalized distance)")
         p = plot_curves(d.metrics, metric, f"{d.name}: {method_label(d.method)}, ipc {d.ipc}",
-                        plots / f"curves_{slug(d.name)}.png")
-        doc.image(p, f"{d.name}: validation {METRIC_NAMES.get(metric, metric)} (selection split), matching loss "
+                        plots / f"curves_{slug(d.name)}.png", loss_label=loss_label)
+        doc.image(p, f"{d.name}: validation {METRIC_NAMES.get(metric, metric)} (selection split), matching (or DD) loss "
                      f"and learned syn_lr against the iteration")
 
     # per-class recall -------------------------------------------------------------------

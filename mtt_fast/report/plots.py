@@ -42,13 +42,15 @@ def _val(d: dict, key: str) -> float:
     return np.nan if v is None else float(v)
 
 
-def plot_curves(metrics: list[dict], metric: str, title: str, path: str | Path) -> Path | None:
+def plot_curves(metrics: list[dict], metric: str, title: str, path: str | Path,
+                loss_label: str = "matching loss\n(normalized distance)") -> Path | None:
     """Validation metric, matching loss and ``syn_lr`` against the distillation iteration.
 
     Args:
         metrics: the run's ``metrics.jsonl`` records (evaluation lines hold ``val``/``val_std``,
             step lines hold ``loss``/``syn_lr``).
         metric: the headline metric key (``accuracy`` or ``auc``).
+        loss_label: the y label of the loss panel (DD's loss is not a matching distance).
 
     Returns:
         ``path``, or None when the run has neither evaluations nor steps.
@@ -93,7 +95,7 @@ def plot_curves(metrics: list[dict], metric: str, title: str, path: str | Path) 
     else:
         for ax in (ax2, ax3):
             ax.text(0.5, 0.5, "no distillation steps recorded", ha="center", va="center", transform=ax.transAxes)
-    ax2.set_ylabel("matching loss\n(normalized distance)")
+    ax2.set_ylabel(loss_label)
     ax3.set_ylabel("learned syn_lr")
     ax3.set_xlabel("distillation iteration")
     for ax in (ax2, ax3):
