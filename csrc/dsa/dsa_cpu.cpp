@@ -253,7 +253,62 @@ void scatter_padded_row(acc_t* p, const int32_t* __restrict__ off, const acc_t* 
   }
 }
 
-// keep[j] for row i, from cutout_keep (dsa.h): pixel j is cut iff, for both coordinates
+// Per sample: what keep_row needs that does not depend on the row.
+struct CutPlan {
+  double inv_slope[2];  // 1 / q0, 1 / q3 (0 where the slope is 0)
+  double err[2];        // the rounding bound of each coordinate, in pixels of j
+  bool exact_all;       // no usable prediction: test every pixel of a row
+  int64_t i0, i1;       // rows outside [i0, i1) hold no cut pixel
+};
+
+template <typename acc_t>
+CutPlan cut_plan(const SampleParams<acc_t>& P, int64_t H, int64_t W) {
+  CutPlan c{{0.0, 0.0}, {0.0, 0.0}, false, 0, H};
+  const double eps = static_cast<double>(std::numeric_limits<acc_t>::epsilon());
+  const double q[6] = {P.q[0], P.q[1], P.q[2], P.q[3], P.q[4], P.q[5]};
+  const double box[4] = {P.box[0], P.box[1], P.box[2], P.box[3]};
+  for (double v : q) c.exact_all = c.exact_all || !std::isfinite(v);
+  for (double v : box) c.exact_all = c.exact_all || !std::isfinite(v);
+  if (c.exact_all) return c;
+  const double hd = static_cast<double>(H), wd = static_cast<double>(W);
+  for (int k = 0; k < 2; ++k) {  // k = 0: column (q0 j + q1 i + q2), 1: row (q3, q4, q5)
+    const double sk = q[3 * k], ik = q[3 * k + 1], ck = q[3 * k + 2];
+    const double lo = box[2 - 2 * k], hi = box[3 - 2 * k];
+    if (sk == 0.0) continue;
+    c.inv_slope[k] = 1.0 / sk;
+    c.err[k] = 16.0 * eps *
+               (std::abs(sk) * wd + std::abs(ik) * hd + std::abs(ck) + std::abs(lo) + std::abs(hi) + 1.0) /
+               std::abs(sk);
+    c.exact_all = c.exact_all || !(c.err[k] < 2.0 * wd);
+  }
+  // the rows the box reaches: its corners (in Q's frame, where a pixel is cut) mapped back
+  // through Q^-1, widened by two rows and the rounding of q carried through Q^-1
+  const double det = q[0] * q[4] - q[1] * q[3];
+  if (std::abs(det) > 1e-3) {
+    double lo_i = 1e300, hi_i = -1e300;
+    for (int a = 0; a < 2; ++a) {
+      for (int b = 0; b < 2; ++b) {
+        const double cc = box[2 + a] - 0.5 - q[2], rr = box[b] - 0.5 - q[5];
+        const double i = (q[0] * rr - q[3] * cc) / det;  // Q [j, i] = [cc, rr]
+        lo_i = std::min(lo_i, i);
+        hi_i = std::max(hi_i, i);
+      }
+    }
+    const double slack = 2.0 + 64.0 * eps * (std::abs(q[0]) + std::abs(q[3])) *
+                                   (std::abs(box[0]) + std::abs(box[1]) + std::abs(box[2]) +
+                                    std::abs(box[3]) + std::abs(q[2]) + std::abs(q[5]) + wd + hd) /
+                                   std::abs(det);
+    if (std::isfinite(lo_i) && std::isfinite(hi_i) && slack < hd) {
+      c.i0 = std::max<int64_t>(0, static_cast<int64_t>(std::floor(lo_i - slack)));
+      c.i1 = std::min<int64_t>(H, static_cast<int64_t>(std::ceil(hi_i + slack)) + 1);
+      if (c.i1 < c.i0) c.i1 = c.i0;
+    }
+  }
+  return c;
+}
+
+// keep[j] for row i (false, keep untouched: no pixel of the row is cut), from cutout_keep
+// (dsa.h): pixel j is cut iff, for both coordinates
 // q(j) = s j + t of the point Q (i, j), box_lo - 1/2 <= q(j) < box_hi - 1/2 (what the
 // rounding in cutout_keep amounts to). q(j) as computed in acc_t is monotone in j (each
 // rounded operation is), so the cut pixels form one interval of j (for s = 0 the condition
@@ -263,10 +318,19 @@ void scatter_padded_row(acc_t* p, const int32_t* __restrict__ off, const acc_t* 
 // |s| tiny, makes that a test of the whole row). The interval property is what the
 // larger-image tests in tests/ops/test_dsa_op.py check against the spec.
 template <typename acc_t>
-void keep_row(const SampleParams<acc_t>& P, int64_t i, int64_t W, acc_t* keep) {
-  std::fill(keep, keep + W, acc_t(1));
+bool keep_row(const SampleParams<acc_t>& P, const CutPlan& plan, int64_t i, int64_t W, acc_t* keep) {
+  if (i < plan.i0 || i >= plan.i1) return false;
   const acc_t fi = static_cast<acc_t>(i);
-  double lo = -1e30, hi = 1e30, err = 0.0;
+  if (plan.exact_all) {
+    bool any = false;
+    for (int64_t j = 0; j < W; ++j) {
+      const bool k = cutout_keep<acc_t>(P, true, i, j);
+      keep[j] = k ? acc_t(1) : acc_t(0);
+      any = any || !k;
+    }
+    return any;
+  }
+  double lo = -4.0, hi = static_cast<double>(W) + 4.0, err = 0.0;
   // (slope, offset, box_lo, box_hi) of the column and the row coordinate
   const acc_t slope[2] = {P.q[0], P.q[3]};
   const acc_t offset[2] = {P.q[1] * fi + P.q[2], P.q[4] * fi + P.q[5]};
@@ -275,42 +339,29 @@ void keep_row(const SampleParams<acc_t>& P, int64_t i, int64_t W, acc_t* keep) {
   for (int k = 0; k < 2; ++k) {
     if (slope[k] == acc_t(0)) {  // the same coordinate for the whole row: decide it exactly
       const acc_t r = static_cast<acc_t>(round_to_int<acc_t>(offset[k]));
-      if (r < blo[k] || r >= bhi[k]) return;
+      if (r < blo[k] || r >= bhi[k]) return false;
       continue;
     }
-    const double sk = static_cast<double>(slope[k]), ok = static_cast<double>(offset[k]);
-    if (!std::isfinite(sk) || !std::isfinite(ok)) {
-      err = std::numeric_limits<double>::infinity();  // no prediction: evaluate every pixel
-      continue;
-    }
-    const double t1 = (static_cast<double>(blo[k]) - 0.5 - ok) / sk;
-    const double t2 = (static_cast<double>(bhi[k]) - 0.5 - ok) / sk;
+    const double ok = static_cast<double>(offset[k]);
+    const double t1 = (static_cast<double>(blo[k]) - 0.5 - ok) * plan.inv_slope[k];
+    const double t2 = (static_cast<double>(bhi[k]) - 0.5 - ok) * plan.inv_slope[k];
     lo = std::max(lo, std::min(t1, t2));
     hi = std::min(hi, std::max(t1, t2));
-    err = std::max(err, 16.0 * static_cast<double>(std::numeric_limits<acc_t>::epsilon()) *
-                            (std::abs(sk) * static_cast<double>(W) + std::abs(ok) +
-                             std::abs(static_cast<double>(blo[k])) +
-                             std::abs(static_cast<double>(bhi[k])) + 1.0) /
-                            std::abs(sk));
+    err = std::max(err, plan.err[k]);
   }
-  const double wd = static_cast<double>(W);
-  lo = std::max(lo, -4.0);
-  hi = std::min(hi, wd + 4.0);
-  if (!(err < 2.0 * wd)) {  // no useful prediction
-    for (int64_t j = 0; j < W; ++j) keep[j] = cutout_keep<acc_t>(P, true, i, j) ? acc_t(1) : acc_t(0);
-    return;
-  }
-  if (hi < lo - 2.0 * err - 8.0) return;  // no pixel of this row is cut
+  if (hi < lo - 2.0 * err - 8.0) return false;  // no pixel of this row is cut
   // every cut pixel lies in [j0, j1); the cut pixels are one interval, so its first and
   // last are found by testing upward from j0 and downward from j1 - 1
   const int64_t j0 = std::max<int64_t>(0, static_cast<int64_t>(std::floor(lo - err)) - 2);
   const int64_t j1 = std::min<int64_t>(W, static_cast<int64_t>(std::ceil(hi + err)) + 3);
   int64_t first = j0;
   while (first < j1 && cutout_keep<acc_t>(P, true, i, first)) ++first;
-  if (first >= j1) return;  // none (also when the prediction lies beyond the frame)
+  if (first >= j1) return false;  // none (also when the prediction lies beyond the frame)
   int64_t last = j1 - 1;
   while (last > first && cutout_keep<acc_t>(P, true, i, last)) --last;
+  std::fill(keep, keep + W, acc_t(1));
   std::fill(keep + first, keep + last + 1, acc_t(0));
+  return true;
 }
 
 // The cutout frame Q keeps rows as rows (flips, crops and scales after cutout, or none):
@@ -333,15 +384,14 @@ void column_keep(const SampleParams<acc_t>& P, int64_t W, Scratch<acc_t>& s) {
 // The keep mask of row i (nullptr: every pixel kept), with column_keep done beforehand
 // when `sep` (separable_cutout).
 template <typename acc_t>
-const acc_t* row_keep(const SampleParams<acc_t>& P, bool sep, int64_t i, int64_t W,
-                      Scratch<acc_t>& s) {
+const acc_t* row_keep(const SampleParams<acc_t>& P, bool sep, const CutPlan& plan, int64_t i,
+                      int64_t W, Scratch<acc_t>& s) {
   if (sep) {
     const acc_t r = static_cast<acc_t>(
         round_to_int<acc_t>(P.q[3] * acc_t(0) + P.q[4] * static_cast<acc_t>(i) + P.q[5]));
     return (r >= P.box[0] && r < P.box[1]) ? s.colkeep.data() : nullptr;
   }
-  keep_row<acc_t>(P, i, W, s.keep.data());
-  return s.keep.data();
+  return keep_row<acc_t>(P, plan, i, W, s.keep.data()) ? s.keep.data() : nullptr;
 }
 
 // y row of every channel = (scale v + chan cm + cst kappa) * keep + nu noise, in place
@@ -501,6 +551,7 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
   if (geom != kGeomIdentity && !sep) pad_sample<scalar_t, acc_t>(x, C, H, W, s);
   const bool sep_cut = cutout && separable_cutout<acc_t>(P);
   if (sep_cut) column_keep<acc_t>(P, W, s);
+  const CutPlan plan = cutout && !sep_cut ? cut_plan<acc_t>(P, H, W) : CutPlan{};
 
   double mu = 0.0;
   if (color == kColorBefore) {
@@ -524,7 +575,7 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
       }
       continue;
     }
-    const acc_t* keep = cutout ? row_keep<acc_t>(P, sep_cut, i, W, s) : nullptr;
+    const acc_t* keep = cutout ? row_keep<acc_t>(P, sep_cut, plan, i, W, s) : nullptr;
     finish_row<scalar_t, acc_t>(v, y + i * W, noise != nullptr ? noise + i * W : nullptr, C, HW,
                                 W, color, k, kappa, keep, P.noise, s.aux.data());
   }
@@ -533,7 +584,7 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
   // color "after": about the mean of the sampled image
   k = color_coefs<acc_t>(P, color, static_cast<acc_t>(sum_v / static_cast<double>(N)));
   for (int64_t i = 0; i < H; ++i) {
-    const acc_t* keep = cutout ? row_keep<acc_t>(P, sep_cut, i, W, s) : nullptr;
+    const acc_t* keep = cutout ? row_keep<acc_t>(P, sep_cut, plan, i, W, s) : nullptr;
     const scalar_t* v = (geom == kGeomIdentity ? x : y) + i * W;
     finish_row<scalar_t, acc_t>(v, y + i * W, noise != nullptr ? noise + i * W : nullptr, C, HW, W, color, k,
                                 nullptr, keep, P.noise, s.aux.data());
@@ -558,6 +609,7 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
   if (general) s.pad.assign(static_cast<size_t>(C * PP), acc_t(0));
   const bool sep_cut = cutout && separable_cutout<acc_t>(P);
   if (sep_cut) column_keep<acc_t>(P, W, s);
+  const CutPlan plan = cutout && !sep_cut ? cut_plan<acc_t>(P, H, W) : CutPlan{};
   acc_t* sum_h = s.aux.data();
 
   // color "after": S = sum of keep * g over the sample, before anything else
@@ -566,7 +618,7 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
     double S = 0.0;
     if (cutout) {
       for (int64_t i = 0; i < H; ++i) {
-        const acc_t* keep = row_keep<acc_t>(P, sep_cut, i, W, s);
+        const acc_t* keep = row_keep<acc_t>(P, sep_cut, plan, i, W, s);
         if (keep == nullptr) {
           for (int64_t c = 0; c < C; ++c) S += sum_values<scalar_t>(g + c * HW + i * W, W);
           continue;
@@ -613,7 +665,7 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
         kappa = s.kappa.data();
       }
     }
-    const acc_t* keep = cutout ? row_keep<acc_t>(P, sep_cut, i, W, s) : nullptr;
+    const acc_t* keep = cutout ? row_keep<acc_t>(P, sep_cut, plan, i, W, s) : nullptr;
     // gv = grad_v(h) with h = keep * g (keep == nullptr: every pixel kept)
     if (color != kColorNone) {
       for (int64_t j = 0; j < W; ++j) sum_h[j] = acc_t(0);
@@ -625,15 +677,15 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
         for (int64_t j = 0; j < W; ++j) sum_h[j] *= keep[j];
       }
       if (color == kColorBefore) {
-        double row = 0.0;  // a local accumulator: S_before itself would live in memory
         if (kind == 0) {
-          for (int64_t j = 0; j < W; ++j) row += static_cast<double>(sum_h[j]);
+          S_before += sum_values<acc_t>(sum_h, W);
         } else if (kind == 1) {
-          for (int64_t j = r.j0; j < r.j1; ++j) row += static_cast<double>(sum_h[j]);
+          S_before += sum_values<acc_t>(sum_h + r.j0, r.j1 - r.j0);
         } else {
-          for (int64_t j = 0; j < W; ++j) row += static_cast<double>(sum_h[j] * kappa[j]);
+          acc_t* t = s.tmp.data();
+          for (int64_t j = 0; j < W; ++j) t[j] = sum_h[j] * kappa[j];
+          S_before += sum_values<acc_t>(t, W);  // four accumulators: no serial add chain
         }
-        S_before += row;
       }
       for (int64_t j = 0; j < W; ++j) sum_h[j] *= chan_over_c;
     }
@@ -657,16 +709,16 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
       }
     }
   }
-  if (general) {  // the frame of the padded gradient (taps into the padding read zeros)
+  if (color == kColorBefore) uniform_terms<acc_t>(P, color, S_before, N, in_v, in_x);
+  if (general) {  // the frame of the padded gradient (+ the uniform term, in the same pass)
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t i = 0; i < H; ++i) {
         const acc_t* src = s.pad.data() + c * PP + (i + 1) * Wp + 1;
-        std::copy(src, src + W, gx + c * HW + i * W);
+        scalar_t* dst = gx + c * HW + i * W;
+        for (int64_t j = 0; j < W; ++j) dst[j] = static_cast<scalar_t>(src[j] + in_x);
       }
     }
-  }
-  if (color == kColorBefore) {
-    uniform_terms<acc_t>(P, color, S_before, N, in_v, in_x);
+  } else if (color == kColorBefore) {
     for (int64_t e = 0; e < N; ++e) gx[e] = static_cast<scalar_t>(static_cast<acc_t>(gx[e]) + in_x);
   }
 }
