@@ -3,7 +3,17 @@
 // Each sample is computed by one thread, sequentially, with its reductions (image means,
 // backward sums) accumulated in double in a fixed order, and the backward's transposed
 // sampling scattered into that sample's own slice of grad_x: the result is bit-identical
-// for any number of threads. The per-pixel math is in dsa.h (shared with the CUDA twin).
+// for any number of threads. The per-pixel math is dsa.h's (shared with the CUDA twin),
+// computed a row at a time in forms the compiler vectorizes, per sample kind:
+//   integer maps (flips, crops): row copies;
+//   axis-aligned bilinear maps (scale, with flips and crops): separable, column taps once
+//     per sample, two input rows per output row;
+//   any other map (rotation): bilinear on a zero-padded copy of the sample (no validity
+//     tests per tap), the backward accumulating into a padded buffer;
+//   cutout: the cut pixels of a row are one interval (monotone coordinates), predicted per
+//     sample and confirmed at its ends with dsa.h's own per-pixel test.
+// The row forms equal dsa.h's formulas up to float rounding (the weights are factored);
+// tests/ops/test_dsa_op.py holds both twins to the pure-PyTorch spec.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
