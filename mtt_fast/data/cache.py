@@ -89,13 +89,20 @@ def _decode_into(
         # spawn, not fork: the parent holds torch's thread pools, which fork can deadlock.
         ctx = mp.get_context("spawn")
         jobs = [(s, paths[s : s + CHUNK], res, channels) for s in range(0, n, CHUNK)]
-        with ctx.Pool(workers) as pool:
+        pool = ctx.Pool(workers)
+        try:
             for start, result in pool.imap_unordered(imageio._decode_chunk, jobs):
                 if isinstance(result, str):
-                    pool.terminate()
                     raise UserError(result)
                 out[start : start + len(result)] = result
                 bar.update(len(result))
+            # a finished pool is shut down gracefully: `with Pool` would terminate() it, and
+            # killing workers can leave the task queue's lock held, a rare hang of
+            # terminate() itself (seen once in CI, in test_data_cache.py)
+            pool.close()
+            pool.join()
+        finally:
+            pool.terminate()  # no-op after join; stops the workers on an error
     finally:
         bar.close()
 
