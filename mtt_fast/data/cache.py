@@ -85,24 +85,33 @@ def _decode_into(
                 bar.update(1)
             return
         import multiprocessing as mp
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         # spawn, not fork: the parent holds torch's thread pools, which fork can deadlock.
-        ctx = mp.get_context("spawn")
-        jobs = [(s, paths[s : s + CHUNK], res, channels) for s in range(0, n, CHUNK)]
-        pool = ctx.Pool(workers)
-        try:
-            for start, result in pool.imap_unordered(imageio._decode_chunk, jobs):
-                if isinstance(result, str):
-                    raise UserError(result)
-                out[start : start + len(result)] = result
-                bar.update(len(result))
-            # a finished pool is shut down gracefully: `with Pool` would terminate() it, and
-            # killing workers can leave the task queue's lock held, a rare hang of
-            # terminate() itself (seen once in CI, in test_data_cache.py)
-            pool.close()
-            pool.join()
-        finally:
-            pool.terminate()  # no-op after join; stops the workers on an error
+        # An executor, not multiprocessing.Pool: on an error it cancels what has not started
+        # and lets the running chunks finish; Pool.terminate() kills workers, which can leave
+        # the task queue's lock held and hang terminate() itself (seen once in CI, in
+        # test_worker_pool_reports_bad_file). At most 2 x workers chunks are in flight, so
+        # results never pile up in memory.
+        jobs = iter([(s, paths[s : s + CHUNK], res, channels) for s in range(0, n, CHUNK)])
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+            pending: set = set()
+            try:
+                while True:
+                    while len(pending) < 2 * workers and (job := next(jobs, None)) is not None:
+                        pending.add(ex.submit(imageio._decode_chunk, job))
+                    if not pending:
+                        break
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        start, result = fut.result()
+                        if isinstance(result, str):
+                            raise UserError(result)
+                        out[start : start + len(result)] = result
+                        bar.update(len(result))
+            except BaseException:
+                ex.shutdown(wait=True, cancel_futures=True)
+                raise
     finally:
         bar.close()
 
