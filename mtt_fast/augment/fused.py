@@ -142,7 +142,9 @@ def pack(
 
 @functools.lru_cache(maxsize=256)
 def _flags_of(ops: tuple[str, ...]) -> int:
-    """The fused op's ``flags`` for a tuple of op groups (see :func:`pack_reference`)."""
+    """The fused op's ``flags`` for a tuple of op groups: geometry identity (no geometric
+    op), integer (flips and crops only) or bilinear (scale or rotate); color "before" when it
+    precedes every geometric op, else "after"; the cutout and noise bits. Both packers use it."""
     geo = [op for op in ops if op in GEOMETRIC_OPS]
     if not geo:
         geom = dsa_op.GEOM_IDENTITY
@@ -207,28 +209,18 @@ def pack_reference(
     a = None
     for op in geo:
         a = mats[op] if a is None else a @ mats[op]
-    if a is None:
-        geom, a_cols = dsa_op.GEOM_IDENTITY, k["eye"][:2].reshape(1, 6).expand(b, 6)
-    else:
-        bilinear = "scale" in geo or "rotate" in geo
-        geom = dsa_op.GEOM_BILINEAR if bilinear else dsa_op.GEOM_INTEGER
-        a_cols = a[:, :2, :].reshape(b, 6)
+    a_cols = k["eye"][:2].reshape(1, 6).expand(b, 6) if a is None else a[:, :2, :].reshape(b, 6)
 
-    color = dsa_op.COLOR_NONE
     color_cols = zeros.expand(b, 3)
     if "color" in ops:
-        pos = ops.index("color")
-        before = bool(geo) and all(ops.index(op) > pos for op in geo)
-        color = dsa_op.COLOR_BEFORE if before else dsa_op.COLOR_AFTER
         color_cols = torch.cat(
             [t.to(work, torch.float64).reshape(b, 1) for t in (p.brightness, p.saturation,
                                                                 p.contrast)],
             1,
         )
 
-    cutout = "cutout" in ops
     q_cols, box_cols = zeros.expand(b, 6), zeros.expand(b, 4)
-    if cutout:
+    if "cutout" in ops:
         pos = ops.index("cutout")
         q = None
         for op in geo:
@@ -253,8 +245,7 @@ def pack_reference(
             packed = packed.pin_memory().to(device, non_blocking=True)
         else:
             packed = packed.to(device)
-    flags = dsa_op.make_flags(geom, color, cutout, noise is not None)
-    return packed, noise, flags
+    return packed, noise, _flags_of(ops)
 
 
 def apply_fused(x: Tensor, p: AugParams) -> Tensor:
