@@ -49,7 +49,6 @@ __all__ = [
     "NUM_PARAMS",
     "dsa_fused",
     "fused_available",
-    "linear_params",
     "unavailable_reason",
 ]
 
@@ -86,14 +85,6 @@ def make_flags(geom: int, color: int, cutout: bool, noise: bool) -> int:
     )
 
 
-def linear_params(params: Tensor) -> Tensor:
-    """``params`` with the brightness offset zeroed: with the noise flag cleared, the op
-    is then the LINEAR part of the affine map (what its backward transposes)."""
-    keep = torch.ones(NUM_PARAMS, dtype=params.dtype, device=params.device)
-    keep[IDX_BRIGHT] = 0
-    return params * keep
-
-
 # --------------------------------------------------------------------------------------
 # fake kernels
 # --------------------------------------------------------------------------------------
@@ -117,15 +108,23 @@ def _dsa_backward_fake(grad_y: Tensor, params: Tensor, flags: int) -> Tensor:
     return torch.empty_like(grad_y, memory_format=torch.contiguous_format)
 
 
+def _dsa_pack_fake(ops, shape, *tensors_and_dtype) -> Tensor:
+    torch._check(len(shape) == 4, lambda: "dsa_pack: shape must be [B, C, H, W]")
+    dtype = tensors_and_dtype[-1]
+    torch._check(dtype in _DTYPES, lambda: "dsa_pack: dtype must be float32 or float64")
+    return torch.empty((shape[0], NUM_PARAMS), dtype=dtype, device="cpu")
+
+
 # autograd: in C++ (csrc/dsa/dsa_autograd.cpp), because the Python wrapper of
 # torch.library.register_autograd cost more than the kernels on small batches.
 # --------------------------------------------------------------------------------------
 def _register() -> bool:
-    """Registers the fake kernels of both ops; False when ``_C`` is not loaded."""
+    """Registers the fake kernels of the DSA ops; False when ``_C`` is not loaded."""
     if not _load.loaded():
         return False
     torch.library.register_fake("mtt_fast::dsa_forward")(_dsa_forward_fake)
     torch.library.register_fake("mtt_fast::dsa_backward")(_dsa_backward_fake)
+    torch.library.register_fake("mtt_fast::dsa_pack")(_dsa_pack_fake)
     return True
 
 

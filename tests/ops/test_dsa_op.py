@@ -154,6 +154,16 @@ def test_pack_op_matches_pack_reference(strategy, shape):
 
 
 @needs_ext
+@pytest.mark.parametrize("strategy", ["color_crop_cutout_flip_scale_rotate", "noise", "flip_crop"])
+def test_pack_opcheck(strategy):
+    p = sample_params(DSAConfig(strategy=strategy, mode="M"), (3, 2, 6, 5), torch.Generator().manual_seed(1))
+    for dtype in (torch.float32, torch.float64):
+        args = ([OP_CODES[o] for o in p.ops], list(p.shape), p.theta_scale, p.theta_rot, p.flip,
+                p.brightness, p.saturation, p.contrast, p.crop_shift, p.cutout_center, p.cutout_size, dtype)
+        torch.library.opcheck(torch.ops.mtt_fast.dsa_pack.default, args)
+
+
+@needs_ext
 def test_pack_op_rejects_missing_and_misshapen_parameters():
     shape = (3, 1, 6, 6)
     p = sample_params(DSAConfig(strategy="color_crop_rotate", mode="M"), shape,
