@@ -85,7 +85,10 @@ def info() -> None:
     from mtt_fast.ops.dsa import fused_available
 
     dsa_devs = [d for d in ("cpu", "cuda") if fused_available(d, torch.float32)]
-    echo("augmentation (DSA): " + (f"fused op on {', '.join(dsa_devs)} (float32/float64; else the reference)"
+    cpu_note = ""
+    if "cpu" in dsa_devs:
+        cpu_note = f"; CPU kernels: {ext.get('cpu_capability')} (MTT_FAST_CPU_CAPABILITY=default forces baseline)"
+    echo("augmentation (DSA): " + (f"fused op on {', '.join(dsa_devs)} (float32/float64; else the reference{cpu_note})"
                                    if dsa_devs else "reference (pure PyTorch)"))
     from mtt_fast.ops import block as fused_block
 

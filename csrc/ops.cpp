@@ -12,6 +12,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+#include "cpu_capability.h"
+
 namespace mtt_fast {
 namespace {
 
@@ -26,11 +30,17 @@ bool built_with_cuda() {
 #endif
 }
 
+// The instruction set the CPU kernels compiled twice run now (csrc/cpu_capability.h).
+std::string cpu_capability_now() { return cpu_capability(); }
+
 }  // namespace
 
 TORCH_LIBRARY(mtt_fast, m) {
   // ---- build information ----------------------------------------------------------
   m.def("built_with_cuda() -> bool", &built_with_cuda);
+  // "avx2" or "default": which copy of the kernels compiled per CPU capability (the fused
+  // DSA's) runs; MTT_FAST_CPU_CAPABILITY=default forces the baseline one.
+  m.def("cpu_capability() -> str", &cpu_capability_now);
 
   // ---- traj_loss: L = ||student - target||^2 / ||start - target||^2 (csrc/traj_loss) --
   // student, target, start: 1-D, same length, dtype (float32 | float64), device,

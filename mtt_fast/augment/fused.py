@@ -160,15 +160,21 @@ def _flags_of(ops: tuple[str, ...]) -> int:
     return dsa_op.make_flags(geom, color, "cutout" in ops, "noise" in ops)
 
 
+@functools.lru_cache(maxsize=256)
+def _op_codes(ops: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(OP_CODES[op] for op in ops)
+
+
 def _pack_compiled(
     p: AugParams, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor | None, int]:
     """:func:`pack_reference`'s result, computed by ``torch.ops.mtt_fast.dsa_pack`` (one
     host call; the parameters must be CPU tensors: :func:`pack` moves them if not)."""
-    if p.device is not None and p.device.type != "cpu":
+    where = p.device
+    if where is not None and where.type != "cpu":
         p = p.to("cpu")
     packed = torch.ops.mtt_fast.dsa_pack.default(
-        [OP_CODES[op] for op in p.ops], list(p.shape), p.theta_scale, p.theta_rot, p.flip,
+        _op_codes(p.ops), p.shape, p.theta_scale, p.theta_rot, p.flip,
         p.brightness, p.saturation, p.contrast, p.crop_shift, p.cutout_center, p.cutout_size,
         dtype,
     )

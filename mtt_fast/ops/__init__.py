@@ -48,7 +48,9 @@ def extension_info() -> dict[str, Any]:
         (the loaded .so, else None), ``built_with_cuda`` (bool), ``ops`` (the library's
         op names, ``"mtt_fast::..."``), ``kernels`` (op name -> device types with a
         compiled kernel, for ops that take tensors), ``torch_version``, ``torch_cuda``
-        (torch.version.cuda) and ``cuda_available``.
+        (torch.version.cuda), ``cuda_available`` and ``cpu_capability`` (which copy of the
+        CPU kernels compiled per instruction set runs: ``"avx2"`` or ``"default"``; None
+        when the extension is not loaded).
     """
     loaded = _load.loaded()
     ops = _load.op_names()
@@ -67,4 +69,5 @@ def extension_info() -> dict[str, Any]:
         "torch_version": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
+        "cpu_capability": str(torch.ops.mtt_fast.cpu_capability()) if loaded else None,
     }
