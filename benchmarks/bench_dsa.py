@@ -14,7 +14,8 @@ strategy ``color_crop_cutout_flip_scale_rotate``:
 
 On the CPU, when the AVX2 copy of the kernels runs (``mtt-fast info``), each round also
 times the fused call on the baseline x86-64 copy (``MTT_FAST_CPU_CAPABILITY=default``):
-``fused_baseline_ms`` / ``speedup_baseline``, what a CPU without AVX2 gets.
+``fused_baseline_ms`` / ``speedup_baseline``, what a CPU without AVX2 gets. Mode M rows
+also split one fused call (``breakdown``: host pack, the two ops alone, autograd).
 
 On CUDA the timing uses CUDA events after warm-up, and the forward alone is also timed to
 report the fraction of memory bandwidth it reaches: (bytes of x read + bytes of y written)
@@ -40,7 +41,7 @@ import torch
 from _meta import source_commit
 
 from mtt_fast.augment import DEFAULT_STRATEGY, DSAConfig, apply, parse_strategy, sample_params
-from mtt_fast.augment.fused import clear_pack_cache
+from mtt_fast.augment.fused import clear_pack_cache, pack
 from mtt_fast.ops import extension_info
 
 SHAPES = [(256, 3, 32, 32), (100, 1, 28, 28), (32, 3, 224, 224)]
@@ -144,6 +145,7 @@ def bench_device(device: str) -> list[dict]:
                  "speedup": ref_m / fused_m}
         if baseline:
             row_m.update(fused_baseline_ms=t[2] * 1e3, speedup_baseline=ref_m / t[2])
+        row_m["breakdown"] = _breakdown(x, pm, grad, timer, reps)
         # mode S: each group on its own; the expected call is the mean over groups
         per_group = {}
         for k, op in enumerate(groups):
@@ -168,6 +170,36 @@ def bench_device(device: str) -> list[dict]:
             _bandwidth(x, None, row_s, timer, per_group_shape=shape)
         rows += [row_m, row_s]
     return rows
+
+
+def _breakdown(x, params, grad, timer, repeats: int) -> dict:
+    """Where one fused forward + backward goes (mode M): ``pack_ms`` (host pack, and on
+    CUDA the copy to the device), ``ops_ms`` (the forward and backward ops called directly,
+    no autograd), ``autograd_ms`` (the same through ``apply`` and ``torch.autograd.grad``
+    with the pack cached, minus ``ops_ms``: the autograd engine and the Python around it)."""
+    host = params.to("cpu")
+    packed, noise, flags = pack(host, x.dtype, x.device)
+    fwd, bwd = torch.ops.mtt_fast.dsa_forward.default, torch.ops.mtt_fast.dsa_backward.default
+
+    def pack_fn():
+        clear_pack_cache()
+        pack(host, x.dtype, x.device)
+
+    def ops_fn():
+        fwd(x, packed, noise, flags)
+        bwd(grad, packed, flags)
+
+    def cached_fn():
+        xr = x.detach().requires_grad_(True)
+        torch.autograd.grad(apply(xr, host, impl="fused"), xr, grad)
+
+    times = {pack_fn: [], ops_fn: [], cached_fn: []}
+    for _ in range(repeats):  # alternated, as _pair (pack_fn leaves the pack cached)
+        for fn, out in times.items():
+            out.append(timer(fn, 1))
+    pack_s, ops_s, cached_s = (statistics.median(v) for v in times.values())
+    return {"pack_ms": pack_s * 1e3, "ops_ms": ops_s * 1e3,
+            "autograd_ms": (cached_s - ops_s) * 1e3}
 
 
 def _bandwidth(x, params, row, timer, per_group_shape=None) -> None:
@@ -224,6 +256,10 @@ def main() -> None:
             if with_base:
                 line += f" {r['fused_baseline_ms']:>12.3f} {r['speedup_baseline']:>8.2f}"
             print(line)
+        print("mode M, one fused call (ms): " + "; ".join(
+            f"{'x'.join(map(str, r['shape']))}: pack {r['breakdown']['pack_ms']:.3f}, ops "
+            f"{r['breakdown']['ops_ms']:.3f}, autograd {r['breakdown']['autograd_ms']:.3f}"
+            for r in rows if "breakdown" in r))
         name = torch.cuda.get_device_name(0) if dev == "cuda" else (platform.processor() or "cpu")
         out = Path(__file__).parent / "results" / f"dsa_{dev}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
