@@ -60,7 +60,7 @@ void check_common(const char* op, const at::Tensor& x, const at::Tensor& params,
   check_flags(op, flags);
   check_images(op, x, params, xname);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
-  // the CPU twin indexes a plane with int32 (see the row helpers)
+  // the CPU twin indexes a plane with int32 (see dsa_cpu_kernels.h)
   TORCH_CHECK(x.size(2) * x.size(3) < (int64_t(1) << 30), op, ": images of ", x.size(2), "x",
               x.size(3), " pixels are too large for the CPU kernel (H * W must be < 2^30)");
 }
