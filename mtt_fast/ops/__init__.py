@@ -50,7 +50,7 @@ def extension_info() -> dict[str, Any]:
         compiled kernel, for ops that take tensors), ``torch_version``, ``torch_cuda``
         (torch.version.cuda), ``cuda_available`` and ``cpu_capability`` (which copy of the
         CPU kernels compiled per instruction set runs: ``"avx2"`` or ``"default"``; None
-        when the extension is not loaded).
+        when the extension is not loaded or predates the op).
     """
     loaded = _load.loaded()
     ops = _load.op_names()
@@ -69,5 +69,6 @@ def extension_info() -> dict[str, Any]:
         "torch_version": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
-        "cpu_capability": str(torch.ops.mtt_fast.cpu_capability()) if loaded else None,
+        "cpu_capability": (str(torch.ops.mtt_fast.cpu_capability())
+                           if "mtt_fast::cpu_capability" in ops else None),
     }
