@@ -85,11 +85,10 @@ def info() -> None:
     from mtt_fast.ops.dsa import fused_available
 
     dsa_devs = [d for d in ("cpu", "cuda") if fused_available(d, torch.float32)]
-    cpu_note = ""
-    if "cpu" in dsa_devs:
-        cpu_note = f"; CPU kernels: {ext.get('cpu_capability')} (MTT_FAST_CPU_CAPABILITY=default forces baseline)"
-    echo("augmentation (DSA): " + (f"fused op on {', '.join(dsa_devs)} (float32/float64; else the reference{cpu_note})"
+    echo("augmentation (DSA): " + (f"fused op on {', '.join(dsa_devs)} (float32/float64; else the reference)"
                                    if dsa_devs else "reference (pure PyTorch)"))
+    if "cpu" in dsa_devs:
+        echo(f"  CPU kernels: {ext.get('cpu_capability')} copy (MTT_FAST_CPU_CAPABILITY=default forces the baseline x86-64 one)")
     from mtt_fast.ops import block as fused_block
 
     blk_devs = [d for d in ("cpu", "cuda") if fused_block.fused_available(d, torch.float32)]
