@@ -1,0 +1,97 @@
+"""The same seeds give the same bits: one small buffer, gan train, MTT, GLaD, DD and random run,
+hashed and checked against hashes recorded before the upper floors were restructured.
+
+A refactor of the stages, the distill loop or the GAN trainer must not change a single bit of
+what they write on the CPU. The hashes depend on the torch build and the CPU kernels it picks,
+so they are pinned per (torch version, ATen CPU capability); on a platform with no pin the test
+skips and says how to record one (``MTT_FAST_RECORD_PINS=1 pytest tests/test_pinned_outputs.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtt_fast.io import load_tensors
+from tests.cli.conftest import run
+from tests.fixtures.datasets import make_crc
+
+PINS = Path(__file__).with_name("pinned_outputs.json")
+TINY = ["--res", "16", "--no-progress", "--seed", "3"]
+GEN = "tests.fixtures.generators:crc16"
+
+
+def _platform() -> str:
+    return f"torch {torch.__version__} / cpu {torch.backends.cpu.get_cpu_capability()}"
+
+
+def tensors_hash(path: Path) -> str:
+    """sha256 over every tensor of a safetensors file: names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for k, v in sorted(load_tensors(path).items()):
+        v = v.contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
+def _pipeline(tmp: Path) -> dict[str, str]:
+    root = make_crc(tmp / "crc", patients_per_class=4, tiles_per_patient=3, size=64, test_patients_per_class=2)
+    cache = tmp / "cache"
+    buf = tmp / "buffer"
+    run("buffer", "--dataset", "crc", "--data-root", root, "--cache-dir", cache, *TINY, "--arch", "convnet",
+        "--width", "8", "--depth", "2", "--batch-size", "8", "--num-experts", "2", "--epochs", "3", "--out", buf)
+    gan = tmp / "gan"
+    run("gan", "train", "--dataset", "crc", "--data-root", root, "--cache-dir", cache, *TINY, "--steps", "4",
+        "--batch-size", "4", "--z-dim", "8", "--w-dim", "16", "--channel-base", "64", "--channel-max", "8",
+        "--r1-interval", "2", "--checkpoint-every", "2", "--quality-every", "4", "--sample-every", "4",
+        "--quality-samples", "2", "--classifier-epochs", "1", "--log-every", "2", "--out", gan)
+    common = ["--buffer", buf, "--syn-steps", "3", "--iterations", "4", "--eval-it", "2", "--eval-epochs", "3",
+              "--max-start-epoch", "2", "--expert-epochs", "1", "--checkpoint-it", "2", *TINY]
+    runs = {
+        "mtt": ["--method", "mtt", "--ipc", "2", "--lr-img", "100"],
+        "glad": ["--method", "glad", "--ipc", "2", "--generator", GEN, "--space", "wp", "--layer", "0", "--g-batch", "3"],
+        "dd": ["--method", "dd", "--ipc", "1", "--dd-models", "2", "--batch-real", "8"],
+        "random": ["--method", "random", "--ipc", "3"],
+    }
+    out = {f"buffer/{p.name}": tensors_hash(p) for p in sorted(buf.glob("expert_*.safetensors"))}
+    out["gan/generator"] = tensors_hash(gan / "generator.safetensors")
+    for name, args in runs.items():
+        d = tmp / name
+        run("distill", *common, *args, "--out", d)
+        for sub in ("synset", "synset_last"):
+            for f in ("synset.safetensors", "latents.safetensors"):
+                if (d / sub / f).is_file():
+                    out[f"{name}/{sub}/{f}"] = tensors_hash(d / sub / f)
+    run("eval", "--synset", tmp / "mtt", "--repeats", "2", "--epochs", "3", "--no-progress", "--out", tmp / "ev")
+    res = json.loads((tmp / "ev" / "results.json").read_text())
+    out["eval/runs"] = hashlib.sha256(json.dumps(res["results"], sort_keys=True).encode()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_same_seeds_give_the_pinned_bits(tmp_path, one_thread):
+    got = _pipeline(tmp_path)
+    pins = json.loads(PINS.read_text()) if PINS.is_file() else {}
+    key = _platform()
+    if os.environ.get("MTT_FAST_RECORD_PINS") == "1":
+        pins[key] = got
+        PINS.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")
+    if key not in pins:
+        pytest.skip(f"no pinned hashes for {key}; record them with MTT_FAST_RECORD_PINS=1 on a trusted commit")
+    want = pins[key]
+    assert set(got) == set(want), sorted(set(got) ^ set(want))
+    changed = [k for k in want if got[k] != want[k]]
+    assert not changed, f"outputs changed bits: {changed}"
