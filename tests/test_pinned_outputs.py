@@ -22,7 +22,7 @@ from tests.cli.conftest import run
 from tests.fixtures.datasets import make_crc
 
 PINS = Path(__file__).with_name("pinned_outputs.json")
-TINY = ["--res", "16", "--no-progress", "--seed", "3"]
+TINY = ["--no-progress", "--seed", "3"]
 GEN = "tests.fixtures.generators:crc16"
 
 
@@ -34,7 +34,7 @@ def tensors_hash(path: Path) -> str:
     """sha256 over every tensor of a safetensors file: names, dtypes, shapes and bytes."""
     h = hashlib.sha256()
     for k, v in sorted(load_tensors(path).items()):
-        v = v.contiguous()
+        v = v.contiguous().reshape(-1)
         h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
         h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
@@ -44,19 +44,19 @@ def _pipeline(tmp: Path) -> dict[str, str]:
     root = make_crc(tmp / "crc", patients_per_class=4, tiles_per_patient=3, size=64, test_patients_per_class=2)
     cache = tmp / "cache"
     buf = tmp / "buffer"
-    run("buffer", "--dataset", "crc", "--data-root", root, "--cache-dir", cache, *TINY, "--arch", "convnet",
+    run("buffer", "--dataset", "crc", "--data-root", root, "--cache-dir", cache, "--res", "16", *TINY, "--arch", "convnet",
         "--width", "8", "--depth", "2", "--batch-size", "8", "--num-experts", "2", "--epochs", "3", "--out", buf)
     gan = tmp / "gan"
-    run("gan", "train", "--dataset", "crc", "--data-root", root, "--cache-dir", cache, *TINY, "--steps", "4",
+    run("gan", "train", "--dataset", "crc", "--data-root", root, "--cache-dir", cache, "--res", "16", *TINY, "--steps", "4",
         "--batch-size", "4", "--z-dim", "8", "--w-dim", "16", "--channel-base", "64", "--channel-max", "8",
         "--r1-interval", "2", "--checkpoint-every", "2", "--quality-every", "4", "--sample-every", "4",
         "--quality-samples", "2", "--classifier-epochs", "1", "--log-every", "2", "--out", gan)
     common = ["--buffer", buf, "--syn-steps", "3", "--iterations", "4", "--eval-it", "2", "--eval-epochs", "3",
-              "--max-start-epoch", "2", "--expert-epochs", "1", "--checkpoint-it", "2", *TINY]
+              "--max-start-epoch", "2", "--expert-epochs", "1", "--checkpoint-it", "2", "--lr-lr", "1e-7", *TINY]
     runs = {
         "mtt": ["--method", "mtt", "--ipc", "2", "--lr-img", "100"],
         "glad": ["--method", "glad", "--ipc", "2", "--generator", GEN, "--space", "wp", "--layer", "0", "--g-batch", "3"],
-        "dd": ["--method", "dd", "--ipc", "1", "--dd-models", "2", "--batch-real", "8"],
+        "dd": ["--method", "dd", "--ipc", "1", "--dd-models", "2", "--batch-real", "8", "--lr-lr", "1e-4"],
         "random": ["--method", "random", "--ipc", "3"],
     }
     out = {f"buffer/{p.name}": tensors_hash(p) for p in sorted(buf.glob("expert_*.safetensors"))}
