@@ -3,7 +3,7 @@ the unseen AlexNet, VGG11 and ResNet18 (the shape of the paper's Tables 1-3), CP
 
     python benchmarks/fmnist_study.py --out /tmp/fmnist_study
 
-Budget (documented, not the paper's): the demo's experts and MTT settings (`mtt_fast/demo.py`:
+Budget (documented, not the paper's): the demo's experts and MTT settings (`mtt_fast/stages/demo.py`:
 16x16 px, ConvNet-D3 width 32, 3 experts x 3 epochs, 300 distillation iterations), a
 class-conditional generator trained by `mtt-fast gan train` at 16 px (``GAN`` below), GLaD
 with the MTT settings of the same ipc plus ``GLAD``, DD with ``DD``; every synset is then
@@ -22,7 +22,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -30,16 +29,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _meta import source_commit
 
-from mtt_fast.augment import DSAConfig
-from mtt_fast.demo import DEMO, run_demo
-from mtt_fast.distill import DD_DEFAULTS, DDDistiller, DistillConfig, GLaDDistiller
+from mtt_fast.distill import DistillConfig
 from mtt_fast.evaluate.protocol import EvalConfig
-from mtt_fast.evaluate.run import evaluate_synset, write_results
+from mtt_fast.evaluate.tables import results_markdown
 from mtt_fast.experts import TrajectoryStore
+from mtt_fast.generative import GANConfig
 from mtt_fast.io import read_json, write_json, write_text
-from mtt_fast.report.tables import results_markdown
-from mtt_fast.rundir import mark_complete, prepare_out
-from mtt_fast.synth import Synset
+from mtt_fast.stages import (
+    DataOptions,
+    DistillStage,
+    EvalStage,
+    GanStage,
+    dsa_dict,
+    run_distill,
+    run_eval,
+    run_gan,
+)
+from mtt_fast.stages.demo import DEMO, run_demo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,28 +54,26 @@ GAN: dict = {"steps": 3000}
 # GLaD on top of the MTT settings of the same ipc
 GLAD: dict = {"space": "wp", "layer": -1, "lr_w": 1.0, "lr_img": 100.0}
 # DD: a few unrolled steps from sampled initializations, scored on real minibatches
-DD: dict = {"syn_steps": 10, "dd_models": 2, "batch_real": 256, "iterations": 300, **DD_DEFAULTS}
+DD: dict = {"syn_steps": 10, "dd_models": 2, "batch_real": 256, "iterations": 300, "lr_img": 0.01, "lr_lr": 1e-4}
 
 
-def _distill(cls, store, bundle, cfg: DistillConfig, run: Path, device, log) -> None:
-    config = {"command": "distill", "buffer": str(store.path.resolve()), **asdict(cfg)}
-    if prepare_out(run, config, defaults=asdict(DistillConfig())) != "complete":
-        t0 = time.perf_counter()
-        cls(store, bundle, cfg, run, device=device, progress=True, log=log).run()
+def _timed(run: Path, call) -> None:
+    """Run a stage; record its wall time in ``run/wall.json`` when it did the work now."""
+    fresh = not (run / "COMPLETE").is_file()
+    t0 = time.perf_counter()
+    call()
+    if fresh:
         write_json(run / "wall.json", {"seconds": time.perf_counter() - t0})
-        mark_complete(run)
 
 
-def _gan(bundle, out: Path, device, log) -> Path:
-    from mtt_fast.generative import GANConfig, train_gan
+def _distill(store: TrajectoryStore, cfg: DistillConfig, run: Path, device, log) -> None:
+    _timed(run, lambda: run_distill(DistillStage(str(store.path), cfg), run, device=device, log=log))
 
-    cfg = GANConfig(**GAN)
+
+def _gan(out: Path, seed: int, device, log) -> Path:
     gan = out / "gan"
-    if prepare_out(gan, {"command": "gan train", "dataset": bundle.meta(), **asdict(cfg)}) != "complete":
-        t0 = time.perf_counter()
-        train_gan(bundle, gan, cfg, device=device, progress=True, log=log)
-        write_json(gan / "wall.json", {"seconds": time.perf_counter() - t0})
-        mark_complete(gan)
+    stage = GanStage(DataOptions("fashion-mnist", res=DEMO["res"]), GANConfig(**GAN, seed=seed))
+    _timed(gan, lambda: run_gan(stage, gan, device=device, log=log))
     return gan
 
 
@@ -112,10 +116,7 @@ def main() -> None:
     if not args.report_only:
         run_demo(out, seed=seed, device=device, progress=True)
     store = TrajectoryStore.open(out / "buffer")
-    from mtt_fast.data import load_dataset
-
-    bundle = load_dataset("fashion-mnist", None, DEMO["res"], seed=seed, progress=False)
-    dsa = asdict(DSAConfig())
+    dsa = dsa_dict()
     runs: dict[tuple[str, int], Path] = {}
     for ipc in ipcs:
         runs[("random", ipc)] = out / f"random_ipc{ipc}"
@@ -123,14 +124,15 @@ def main() -> None:
 
     # 2. GLaD: train the generator, then distill in its latent space
     if "glad" in methods:
-        gan = Path(args.generator) if args.generator else _gan(bundle, out, device, print)
+        gan = Path(args.generator) if args.generator else _gan(out, seed, device, print)
         for ipc in ipcs:
             runs[("glad", ipc)] = out / f"glad_ipc{ipc}"
             if args.report_only:
                 continue
             kw = {**DEMO["distill"][ipc], **DEMO["distill_eval"], **GLAD}
-            cfg = DistillConfig(method="glad", ipc=ipc, dsa=dsa, seed=seed, generator=str(gan.resolve()), **kw)
-            _distill(GLaDDistiller, store, bundle, cfg, runs[("glad", ipc)], device, print)
+            cfg = DistillConfig.from_flat({"method": "glad", "ipc": ipc, "dsa": dsa, "seed": seed,
+                                           "generator": str(gan.resolve()), **kw})
+            _distill(store, cfg, runs[("glad", ipc)], device, print)
 
     # 3. DD
     if "dd" in methods:
@@ -139,11 +141,11 @@ def main() -> None:
             if args.report_only:
                 continue
             kw = {**{k: v for k, v in DEMO["distill"][ipc].items() if k not in DD}, **DEMO["distill_eval"], **DD}
-            cfg = DistillConfig(method="dd", ipc=ipc, dsa=dsa, seed=seed, **kw)
-            _distill(DDDistiller, store, bundle, cfg, runs[("dd", ipc)], device, print)
+            cfg = DistillConfig.from_flat({"method": "dd", "ipc": ipc, "dsa": dsa, "seed": seed, **kw})
+            _distill(store, cfg, runs[("dd", ipc)], device, print)
 
     # 4. cross-architecture evaluation on the test split, one run directory per architecture
-    ecfg = EvalConfig(epochs=args.eval_epochs, dsa=dsa, width=store.meta["width"], depth=store.meta["depth"])
+    ecfg = EvalConfig(epochs=args.eval_epochs, dsa=dsa)
     rows, table_json = [], []
     for method in ("random", "dd", "mtt", "glad"):
         if method not in methods:
@@ -153,23 +155,15 @@ def main() -> None:
             merged, seconds = None, 0.0
             for arch in archs:
                 res_dir = run / "eval_cross" / arch
-                cfg = {"command": "eval", "synset": str(run), "archs": [arch], "repeats": args.repeats, "seed": seed,
-                       **asdict(ecfg)}
-                if args.report_only:
-                    if not (res_dir / "COMPLETE").is_file():
-                        continue
-                    results = read_json(res_dir / "results.json")
-                elif prepare_out(res_dir, cfg, defaults=asdict(EvalConfig())) == "complete":
-                    results = read_json(res_dir / "results.json")
-                else:
-                    print(f"evaluating {method} ipc {ipc} on {arch} x {args.repeats}", flush=True)
-                    t0 = time.perf_counter()
-                    results = evaluate_synset(Synset.load(run), bundle, [arch], ecfg, repeats=args.repeats, seed=seed,
-                                              device=device, progress=False)
-                    results["wall_seconds"] = time.perf_counter() - t0
-                    write_results(res_dir, results, method)
-                    mark_complete(res_dir)
-                seconds += results.get("wall_seconds", 0.0)
+                if args.report_only and not (res_dir / "COMPLETE").is_file():
+                    continue
+                if not args.report_only:
+                    stage = EvalStage(str(run), ecfg, archs=[arch], repeats=args.repeats, seed=seed)
+                    _timed(res_dir, lambda s=stage, d=res_dir, m=method: run_eval(s, d, device=device, progress=False, label=m))
+                results = read_json(res_dir / "results.json")
+                if (res_dir / "wall.json").is_file():
+                    seconds += read_json(res_dir / "wall.json")["seconds"]
+                seconds += results.get("wall_seconds", 0.0)  # where older runs recorded it
                 if merged is None:
                     merged = {**results, "results": {}}
                 merged["results"][arch] = results["results"][arch]

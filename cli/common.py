@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 import click
-import torch
 import yaml
 
+from mtt_fast.augment import DSAConfig
 from mtt_fast.errors import UserError
 from mtt_fast.io import read_yaml
+from mtt_fast.stages.common import DataOptions
 
 
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
@@ -46,19 +47,6 @@ def common_options(f):
     f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")(f)
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")(f)
     return config_option(f)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when a GPU is visible, else cpu; a clear error for a missing GPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch")
-    return dev
 
 
 def parse_kv(pairs: tuple[str, ...], option: str) -> dict:
@@ -109,10 +97,31 @@ def dataset_options(required: bool = True):
         f = click.option("--cache-dir", default=None, help="Where decoded, resized images are cached (default $MTT_FAST_CACHE or ~/.cache/mtt-fast).")(f)
         f = click.option("--data-option", "data_option", multiple=True, metavar="KEY=VALUE",
                          help="Dataset option, e.g. cohort=STAD (crc), val_size=5000; repeatable.")(f)
-        f = click.option("--normalization", default="auto", show_default=True, help="auto | compute | none | a preset (crc, pg, imagenet, fashion-mnist).")(f)
+        f = click.option("--normalization", default=DataOptions("").normalization, show_default=True, help="auto | compute | none | a preset (crc, pg, imagenet, fashion-mnist).")(f)
         f = click.option("--res", type=int, default=None, help="Image side in pixels (default: the dataset's own; paper: 224).")(f)
         f = click.option("--data-root", default=None, help="Dataset directory (fashion-mnist defaults to Debian's).")(f)
         f = click.option("--dataset", required=required, help="pg | crc | folder | npz | fashion-mnist")(f)
         return f
 
     return deco
+
+
+def data_options_of(dataset, data_root, res, normalization, data_option, cache_dir) -> DataOptions:
+    """The values of :func:`dataset_options` as the stages' :class:`DataOptions`."""
+    return DataOptions(dataset, data_root, res, normalization, parse_kv(data_option, "--data-option"), cache_dir)
+
+
+_DSA = DSAConfig()
+
+
+def dsa_options(f):
+    """--dsa-strategy, --dsa-mode, --dsa-impl (buffer, distill, eval)."""
+    f = click.option("--dsa-impl", type=click.Choice(["auto", "fused", "reference"]), default="auto", show_default=True,
+                     help="DSA implementation: auto (the fused compiled op where built for the device, else the "
+                          "pure-PyTorch reference), fused (fail if unavailable), reference (for comparison).")(f)
+    f = click.option("--dsa-mode", type=click.Choice(["S", "M"]), default=_DSA.mode, show_default=True,
+                     help="S: one augmentation group per batch (MTT); M: all groups in turn.")(f)
+    f = click.option("--dsa-strategy", default=_DSA.strategy, show_default=True,
+                     help="Differentiable Siamese augmentation ops joined by _ (add noise for the paper's noise op); "
+                          "none disables.")(f)
+    return f

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import click
-import torch
 from mtt_fast.cli.common import (
     common_options,
+    data_options_of,
     dataset_options,
     echo,
     out_path,
-    parse_kv,
-    resolve_device,
     user_errors,
 )
 
-from mtt_fast.errors import UserError
-from mtt_fast.generative.train import DEFAULT_AUG, GANConfig
+from mtt_fast.generative import GANConfig
 
 _D = GANConfig()
 
@@ -44,7 +39,7 @@ def gan() -> None:
               help="Half-life of the EMA generator in thousands of images.")
 @click.option("--mixing-prob", type=float, default=_D.mixing_prob, show_default=True,
               help="Style-mixing probability of the fake batch.")
-@click.option("--aug", default=DEFAULT_AUG, show_default=True,
+@click.option("--aug", default=_D.aug, show_default=True,
               help="DiffAugment ops (DSA op names joined by _; all applied to real and fake images); none disables.")
 @click.option("--max-train-per-class", type=int, default=None, help="Train on at most this many images per class.")
 @click.option("--sample-every", type=int, default=_D.sample_every, show_default=True, help="Write samples_<step>.png every this many steps.")
@@ -76,37 +71,14 @@ def gan_train(dataset, data_root, res, normalization, data_option, cache_dir, st
     --generator`), samples_<step>.png, metrics.jsonl (losses, R1, class consistency) and a
     resumable checkpoint; rerun the same command to resume a killed run.
     """
-    from mtt_fast.data import load_dataset
-    from mtt_fast.generative.train import train_gan
-    from mtt_fast.rundir import mark_complete, prepare_out
+    from mtt_fast.stages import GanStage, run_gan
 
-    dev = resolve_device(device)
-    if num_threads is not None:
-        if num_threads < 1:
-            raise UserError(f"--num-threads must be at least 1 (got {num_threads})")
-        torch.set_num_threads(num_threads)
     cfg = GANConfig(steps=steps, batch_size=batch_size, z_dim=z_dim, w_dim=w_dim, channel_base=channel_base,
                     channel_max=channel_max, mapping_layers=mapping_layers, lr=lr, r1_gamma=r1_gamma,
                     r1_interval=r1_interval, ema_kimg=ema_kimg, mixing_prob=mixing_prob,
                     aug="" if aug in ("none", "") else aug, dsa_impl=dsa_impl, max_train_per_class=max_train_per_class,
                     sample_every=sample_every, checkpoint_every=checkpoint_every, quality_every=quality_every,
-                    quality_samples=quality_samples, log_every=log_every,
-                    classifier_store=str(out_path(classifier_store).resolve()) if classifier_store else None,
+                    quality_samples=quality_samples, log_every=log_every, classifier_store=classifier_store,
                     classifier_epochs=classifier_epochs, seed=seed)
-    cfg.validate()
-    if classifier_epochs < 1:
-        raise UserError(f"--classifier-epochs must be at least 1 (got {classifier_epochs})")
-    bundle = load_dataset(dataset, data_root, res, seed=seed, options=parse_kv(data_option, "--data-option"),
-                          cache_dir=cache_dir, normalization=normalization, progress=progress)
-    out = out_path(out)
-    config = {"command": "gan train", "dataset": bundle.meta(), **asdict(cfg), "num_threads": num_threads}
-    state = prepare_out(out, config, overwrite=overwrite)
-    if state == "complete":
-        echo(f"{out} already holds this finished generator; nothing to do (pass --overwrite to train again)")
-        return
-    res_ = train_gan(bundle, out, cfg, device=dev, progress=progress, log=echo)
-    mark_complete(out)
-    q = res_["quality"]
-    echo(f"generator {out / 'generator.json'} (step {res_['step']}): class consistency "
-         f"{q['class_consistency']:.2f}% (the classifier's accuracy on real validation images: "
-         f"{res_['classifier']['val_accuracy']:.2f}%)")
+    stage = GanStage(data_options_of(dataset, data_root, res, normalization, data_option, cache_dir), cfg, num_threads)
+    run_gan(stage, out_path(out), overwrite=overwrite, device=device, progress=progress, log=echo)

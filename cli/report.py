@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from mtt_fast.cli.common import common_options, echo, out_path, user_errors
 
@@ -23,17 +21,6 @@ def report(run_dirs, out, load_data, overwrite, seed, device, progress):
     a sweep directory, or a folder holding such directories one or two levels down (the
     output of `mtt-fast demo`, say).
     """
-    from mtt_fast.report.build import build_report
-    from mtt_fast.report.collect import collect
-    from mtt_fast.rundir import mark_complete, prepare_out
+    from mtt_fast.stages import run_report
 
-    collect(run_dirs)  # a bad RUN_DIR fails before anything is written
-    out = out_path(out)
-    config = {"command": "report", "run_dirs": [str(Path(p).resolve()) for p in run_dirs], "load_data": load_data}
-    state = prepare_out(out, config, overwrite=overwrite)
-    if state == "complete":
-        echo(f"{out} already holds this report; nothing to do (pass --overwrite to make it again)")
-        return
-    data = build_report(run_dirs, out, load_data=load_data, log=echo)
-    mark_complete(out)
-    echo(f"report in {out / 'report.md'} and {out / 'report.html'} ({len(data['images'])} figures)")
+    run_report(list(run_dirs), out_path(out), load_data=load_data, overwrite=overwrite, log=echo)

@@ -1,7 +1,27 @@
-"""Distillation loops: MTT on pixels, GLaD (MTT through a generator), DD, and the random-real baseline."""
+"""Distillation: one loop (:class:`Distiller`) and the methods that plug into it.
 
-from mtt_fast.distill.dd import DD_DEFAULTS, DDDistiller
-from mtt_fast.distill.glad import GLaDDistiller
-from mtt_fast.distill.mtt import DistillConfig, MTTDistiller, distill_random
+Methods (``--method``): mtt (pixels, trajectory matching), glad (a generator's latents,
+trajectory matching), dd (pixels, unrolled cross-entropy), random (real images, no
+optimization). See :mod:`mtt_fast.distill.methods`.
+"""
 
-__all__ = ["DD_DEFAULTS", "DDDistiller", "DistillConfig", "GLaDDistiller", "MTTDistiller", "distill_random"]
+from mtt_fast.distill.config import (
+           DDOptions,
+           DistillConfig,
+           GLaDOptions,
+           InLoopEval,
+           TrajectoryOptions,
+)
+from mtt_fast.distill.loop import Distiller
+from mtt_fast.distill.registry import METHODS, method_class
+
+__all__ = [
+           "METHODS",
+           "DDOptions",
+           "DistillConfig",
+           "Distiller",
+           "GLaDOptions",
+           "InLoopEval",
+           "TrajectoryOptions",
+           "method_class",
+]

@@ -123,10 +123,10 @@ def test_gan_train_then_glad_distill_then_eval(store, generator_dir, tmp_path, s
 def test_glad_resume_refuses_another_generator(store, generator_dir, tmp_path, monkeypatch):
     out = tmp_path / "glad"
     args = ["distill", "--buffer", store, *GLAD, "--generator", generator_dir, "--checkpoint-it", "1", "--out", out]
-    from mtt_fast.distill import mtt
+    from mtt_fast.distill import loop
 
     calls = {"n": 0}
-    real_step = mtt.MTTDistiller.step
+    real_step = loop.Distiller.step
 
     def killed_after_two(self):
         calls["n"] += 1
@@ -134,7 +134,7 @@ def test_glad_resume_refuses_another_generator(store, generator_dir, tmp_path, m
             raise KeyboardInterrupt
         return real_step(self)
 
-    monkeypatch.setattr(mtt.MTTDistiller, "step", killed_after_two)
+    monkeypatch.setattr(loop.Distiller, "step", killed_after_two)
     r = run(*args, ok=False)
     assert r.exit_code == 2 and "interrupted" in r.output
     monkeypatch.undo()

@@ -63,22 +63,22 @@ def test_random_baseline(store, tmp_path):
 
 
 def test_distill_resumes_after_a_kill_and_matches_an_uninterrupted_run(store, tmp_path, monkeypatch):
-    from mtt_fast.distill.mtt import MTTDistiller
+    from mtt_fast.distill.loop import Distiller
 
     args = ["distill", "--buffer", store, *DISTILL, "--iterations", "5", "--checkpoint-it", "2"]
     run(*args, "--out", tmp_path / "whole")
 
-    real_step = MTTDistiller.step
+    real_step = Distiller.step
 
     def dying_step(self):
         if self.iteration == 3:
             raise KeyboardInterrupt
         return real_step(self)
 
-    monkeypatch.setattr(MTTDistiller, "step", dying_step)
+    monkeypatch.setattr(Distiller, "step", dying_step)
     r = run(*args, "--out", tmp_path / "killed", ok=False)
     assert r.exit_code == 2 and "resume" in r.output
-    monkeypatch.setattr(MTTDistiller, "step", real_step)
+    monkeypatch.setattr(Distiller, "step", real_step)
     r = run(*args, "--out", tmp_path / "killed")
     assert "resuming from iteration 2" in r.output
     a, b = Synset.load(tmp_path / "whole" / "synset_last"), Synset.load(tmp_path / "killed" / "synset_last")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtt_fast.augment import DSAConfig
-from mtt_fast.distill.dd import dd_objective
+from mtt_fast.distill.objectives import dd_objective
 from mtt_fast.match import Student, plan_steps
 from mtt_fast.models import ConvNet, FlatParams
 

@@ -31,10 +31,15 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
+from mtt_fast.distill import DistillConfig
 from mtt_fast.errors import UserError
 from mtt_fast.io import read_json, read_yaml, write_json, write_text
+from mtt_fast.rundir import mark_complete
+from mtt_fast.stages.common import dsa_dict
+from mtt_fast.stages.distill import DistillStage, run_distill
 
 _COMMON = {"method": "glad", "max_start_epoch": 1, "syn_steps": 50, "expert_epochs": 2, "iterations": 3000,
            "eval_it": 100, "eval_repeats": 3, "eval_epochs": 300, "batch_syn": 256, "space": "wp", "layer": -1,
@@ -51,11 +56,18 @@ def _key(k) -> str:
     return str(k).strip().replace("-", "_")
 
 
-def load_grid(path: str | Path, known: dict[str, str], preset: str | None = None) -> tuple[dict, list[dict]]:
-    """Read a grid file; returns ``(base, points)`` keyed by distill's parameter names.
+def grid_names() -> dict[str, str]:
+    """Every accepted key of a grid file -> the name it stands for: distill's settings
+    (``DistillConfig.flat``), ``buffer`` (``buffer_dir`` in older grid files), ``data_root``,
+    and the CLI's ``dsa_strategy`` / ``dsa_mode``."""
+    names = {k: k for k in DistillConfig.flat_names() if k != "dsa"}
+    names.update({"buffer": "buffer", "buffer_dir": "buffer", "data_root": "data_root",
+                  "dsa_strategy": "dsa_strategy", "dsa_mode": "dsa_mode"})
+    return names
 
-    Args:
-        known: every accepted spelling (``buffer``, ``lr_img``, ...) -> distill's parameter name.
+
+def load_grid(path: str | Path, preset: str | None = None) -> tuple[dict, list[dict]]:
+    """Read a grid file; returns ``(base, points)`` keyed by :func:`grid_names`' names.
 
     Raises:
         UserError: unreadable file, unknown option, empty or malformed grid.
@@ -65,6 +77,8 @@ def load_grid(path: str | Path, known: dict[str, str], preset: str | None = None
         raise UserError(f"{path}: a sweep grid is a mapping with base:, grid: and/or points:")
     if preset is not None and preset not in PRESETS:
         raise UserError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
+    known = grid_names()
+
     def name(k) -> str:
         k = _key(k)
         if k in ("out", "overwrite", "config"):
@@ -120,4 +134,47 @@ def summarize(out: Path, base: dict, points: list[dict], statuses: dict[str, str
         it = "-" if r["best_iteration"] is None else str(r["best_iteration"])
         lines.append(f"| {' | '.join(str(r['point'].get(k, '')) for k in keys)} | {v} | {it} | {r['status']} |")
     write_text(out / "summary.md", "\n".join(lines) + "\n")
+    return summary
+
+
+def point_stage(values: dict) -> DistillStage:
+    """A grid point's merged values (``base`` then the point) -> the distill stage to run."""
+    v = dict(values)
+    buffer, data_root = v.pop("buffer", None), v.pop("data_root", None)
+    strategy, mode = v.pop("dsa_strategy", None), v.pop("dsa_mode", None)
+    if strategy is not None or mode is not None:
+        v["dsa"] = dsa_dict(strategy, mode)
+    return DistillStage(buffer=str(buffer), distill=DistillConfig.from_flat(v), data_root=data_root)
+
+
+def run_sweep(grid: str | Path, out: str | Path, *, preset: str | None = None, device="auto", progress: bool = True,
+              log: Callable[[str], None] = print) -> dict:
+    """Run ``distill`` once per point of ``grid`` into ``out/<point name>`` (resumable); rank the
+    points by validation score in ``summary.json`` / ``summary.md``.
+
+    Raises:
+        UserError: when some point did not finish (after every point was tried).
+    """
+    base, points = load_grid(grid, preset)
+    out = Path(out)
+    if "buffer" not in base and not all("buffer" in p for p in points):
+        raise UserError(f"{grid}: set buffer (the trajectory store) under base:")
+    stages = {point_name(p): point_stage({**base, **p}) for p in points}  # every point parses before any runs
+    out.mkdir(parents=True, exist_ok=True)
+    statuses = {}
+    for i, (name, stage) in enumerate(stages.items()):
+        log(f"[{i + 1}/{len(points)}] {name}")
+        try:
+            run_distill(stage, out / name, device=device, progress=progress, log=log)
+            statuses[name] = "complete" if (out / name / "COMPLETE").exists() else "incomplete"
+        except UserError as e:  # one diverging point must not end the sweep
+            statuses[name] = f"failed: {e}"
+            log(f"  failed: {e}")
+    summary = summarize(out, base, points, statuses)
+    log((out / "summary.md").read_text())
+    if all(r["status"] == "complete" for r in summary["rows"]):
+        mark_complete(out)
+    else:
+        raise UserError(f"{sum(r['status'] != 'complete' for r in summary['rows'])} of {len(points)} points did not "
+                        f"finish; see {out / 'summary.md'} (rerun to resume)")
     return summary

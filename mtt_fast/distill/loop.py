@@ -1,0 +1,244 @@
+"""The one distillation loop every method plugs into (:mod:`mtt_fast.distill.methods`).
+
+Each iteration asks the method's objective for ``d loss / d images`` and ``d loss / d syn_lr``,
+back-propagates the first into the parameterization (pixels, or a generator's latents) and
+steps both optimizers. Every ``eval_it`` iterations the synset is evaluated on the VALIDATION
+split and the best one is kept (selection never looks at the test split). The same in-loop
+networks are also scored on the test split, only to report the labelled "max over
+evaluations" test number (``summary.json`` ``max_test_over_evals``) that the MTT reference
+publishes; it never selects anything.
+
+The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoint.safetensors`` +
+``checkpoint.json`` (resume state), ``synset/`` (best by validation), ``synset_last/``,
+``summary.json``. A method that optimizes nothing (random) writes ``synset/`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mtt_fast.augment import DSAConfig
+from mtt_fast.distill.config import DistillConfig
+from mtt_fast.distill.registry import method_class
+from mtt_fast.errors import UserError
+from mtt_fast.evaluate.metrics import headline_metric
+from mtt_fast.evaluate.protocol import EvalConfig, evaluate_arch
+from mtt_fast.evaluate.selection import max_test_over_evals
+from mtt_fast.experts.store import TrajectoryStore
+from mtt_fast.io import (
+    append_jsonl,
+    load_tensors,
+    read_json,
+    read_jsonl,
+    save_tensors,
+    write_json,
+    write_text,
+)
+from mtt_fast.memory import format_peak_memory, peak_memory
+from mtt_fast.synth import Synset
+from mtt_fast.synth.params import load_optimizer_state, optimizer_state
+
+
+def _metrics_upto(path: Path, iteration: int) -> None:
+    """Drop metric lines of iterations at or after the checkpoint we resume from (they rerun)."""
+    keep = [r for r in read_jsonl(path) if r.get("iteration", -1) < iteration]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+class Distiller:
+    """One distillation run over a trajectory store, writing into ``out``.
+
+    Args:
+        store: the experts (their architecture is the student's; mtt/glad match their trajectories).
+        bundle: the dataset (``mtt_fast.data.DatasetBundle``): train for initialization, val for
+            selection, test for the labelled max-over-evaluations number.
+        cfg: the run's settings, with the method's learning-rate defaults resolved.
+        out: the run directory (its ``config.yaml`` is written by the caller).
+    """
+
+    def __init__(self, store: TrajectoryStore, bundle, cfg: DistillConfig, out: str | Path, *,
+                 device: torch.device | str = "cpu", progress: bool = True, log: Callable[[str], None] = print):
+        cfg = cfg.resolved()
+        self.store, self.bundle, self.cfg, self.out = store, bundle, cfg, Path(out)
+        self.device, self.progress, self.log = torch.device(device), progress, log
+        self.dsa = DSAConfig.from_dict(cfg.dsa)
+        cls = method_class(cfg.method)
+        cls.validate(cfg)
+        self.method = cls(self)
+        self.metric = headline_metric(bundle.num_classes)
+        self.val = bundle.split("val")
+        self.test = bundle.split("test")
+        self.eval_cfg = EvalConfig(epochs=cfg.evaluation.eval_epochs, dsa=cfg.dsa, dsa_impl=cfg.dsa_impl,
+                                   width=store.meta["width"], depth=store.meta["depth"])
+
+    # -- state -------------------------------------------------------------------------
+    def _fresh_state(self) -> None:
+        cfg = self.cfg
+        self.method.reset()
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.param, self.labels = self.method.make_param(self.gen)
+        lr0 = cfg.lr_teacher if cfg.lr_teacher is not None else self.store.expert_lr
+        self.syn_lr = torch.tensor(float(lr0), device=self.device).requires_grad_(True)
+        self.opt_lr = self.method.lr_optimizer(self.syn_lr)
+        self.iteration = 0
+        self.best = {"iteration": None, "value": -math.inf}
+
+    def _save_checkpoint(self) -> None:
+        t = {**self.param.state_tensors(), "labels": self.labels, "syn_lr": self.syn_lr.detach(),
+             "generator": self.gen.get_state()}
+        t.update(optimizer_state("lr", self.opt_lr))
+        save_tensors(self.out / "checkpoint.safetensors", t)
+        write_json(self.out / "checkpoint.json", {"iteration": self.iteration, "best": self.best,
+                                                  **self.method.checkpoint_extra()})
+
+    def _load_checkpoint(self) -> bool:
+        if not (self.out / "checkpoint.json").is_file():
+            return False
+        info = read_json(self.out / "checkpoint.json", what="checkpoint")
+        self.method.check_resume(info)
+        t = load_tensors(self.out / "checkpoint.safetensors", what="checkpoint")
+        self._fresh_state()
+        missing = [k for k in (*self.param.learnables(), "syn_lr", "labels", "generator") if k not in t]
+        if missing:
+            raise UserError(f"{self.out / 'checkpoint.safetensors'} lacks {', '.join(missing)}: it was written by another "
+                            f"kind of run; pass --overwrite to start again")
+        self.param.load_state_tensors(t)
+        with torch.no_grad():
+            self.syn_lr.copy_(t["syn_lr"].to(self.device))
+        self.labels = t["labels"].to(self.device)
+        self.gen.set_state(t["generator"])
+        load_optimizer_state("lr", self.opt_lr, t)
+        self.iteration, self.best = int(info["iteration"]), info["best"]
+        _metrics_upto(self.out / "metrics.jsonl", self.iteration)
+        return True
+
+    # -- the synset ----------------------------------------------------------------------
+    def synset(self) -> Synset:
+        cfg, b = self.cfg, self.bundle
+        meta = {
+            "method": cfg.method,
+            "ipc": cfg.ipc,
+            "classes": list(b.classes),
+            "dataset": self.store.dataset_meta,
+            "normalization": {"mean": list(b.mean), "std": list(b.std)},
+            "arch": self.store.arch,
+            "width": self.store.meta["width"],
+            "depth": self.store.meta["depth"],
+            "res": b.res,
+            "channels": b.channels,
+            "iteration": self.iteration,
+            "distill": cfg.flat(),
+            "buffer": str(self.store.path.resolve()),
+            **self.param.meta(),
+        }
+        syn_lr = float(self.syn_lr.item()) if self.method.optimizes else None
+        return Synset(self.param.images().detach().cpu().clone(), self.labels.cpu().clone(), syn_lr, meta)
+
+    def save_synset(self, out: Path) -> None:
+        """The synset (rendered images) plus what the parameterization keeps beside it."""
+        self.synset().save(out)
+        self.param.save_extra(out)
+
+    # -- pieces --------------------------------------------------------------------------
+    def evaluate_val(self) -> dict:
+        """Train ``eval_repeats`` backbone networks on the current synset; score on val (and test)."""
+        try:
+            return evaluate_arch(self.store.arch, self.param.images(), self.labels, self.val,
+                                 lr=float(self.syn_lr.item()), cfg=self.eval_cfg,
+                                 repeats=self.cfg.evaluation.eval_repeats, seed=self.cfg.seed + 1000 + self.iteration,
+                                 device=self.device, extra={"test": self.test})
+        except UserError:
+            raise self._diverged(f"training on the synset diverged at iteration {self.iteration} "
+                                 f"(syn_lr {self.syn_lr.item():.4g})") from None
+
+    def _diverged(self, what: str) -> UserError:
+        return UserError(f"{what}; {self.method.lr_hint()}; the best synset so far is kept in {self.out / 'synset'}")
+
+    def step(self) -> dict:
+        """One distillation iteration; returns its metrics line."""
+        t0 = time.perf_counter()
+        objective = self.method.objective
+        loss, grad_images, grad_lr, extra = objective(self.param.images(), self.labels, self.syn_lr, self.gen)
+        loss = float(loss)
+        if not math.isfinite(loss) or not torch.isfinite(grad_images).all() or not math.isfinite(float(grad_lr)):
+            raise self._diverged(f"the {objective.loss_name} became {loss} at iteration {self.iteration}")
+        self.param.backward(grad_images)
+        self.syn_lr.grad = grad_lr.reshape(()).to(self.syn_lr.dtype)
+        self.param.step()
+        self.opt_lr.step()
+        self.syn_lr.grad = None
+        if not self.param.all_finite() or not math.isfinite(self.syn_lr.item()):
+            raise self._diverged(f"the synthetic set or syn_lr became NaN/inf at iteration {self.iteration}")
+        rec = {"iteration": self.iteration, "loss": loss, "syn_lr": float(self.syn_lr.item()), **extra,
+               "seconds": time.perf_counter() - t0}
+        rec.update(peak_memory(self.device))
+        return rec
+
+    def _evaluate(self, metrics: Path, bar) -> None:
+        it = self.iteration
+        ev = self.evaluate_val()
+        value = ev["mean"][self.metric]
+        test = ev["extra"]["test"]
+        append_jsonl(metrics, {"iteration": it, "val": ev["mean"], "val_std": ev["std"],
+                               "test": test["mean"], "test_std": test["std"]})
+        if value > self.best["value"]:
+            self.best = {"iteration": it, "value": value}
+            self.save_synset(self.out / "synset")
+        bar.set_postfix({f"val_{self.metric}": f"{value:.1f}", "best": f"{self.best['value']:.1f}"})
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Run (or resume) to ``cfg.iterations``; returns the summary written to ``summary.json``."""
+        if not self.method.optimizes:
+            self._fresh_state()
+            self.save_synset(self.out / "synset")
+            return {"method": self.cfg.method, "images": len(self.labels)}
+        cfg = self.cfg
+        if self._load_checkpoint():
+            self.log(f"resuming from iteration {self.iteration} in {self.out}")
+        else:
+            self._fresh_state()
+        metrics = self.out / "metrics.jsonl"
+        t = cfg.trajectory
+        self.log(f"distilling: method {cfg.method}, engine {t.engine}, ipc {cfg.ipc}, N={cfg.syn_steps}, "
+                 f"M={t.expert_epochs}, T+={t.max_start_epoch}, device {self.device}")
+        bar = tqdm(total=cfg.iterations, initial=self.iteration, desc="distill", disable=not self.progress)
+        first, every = self.iteration, cfg.evaluation.eval_it
+        while True:
+            if self.iteration % every == 0 or self.iteration == cfg.iterations:
+                self._evaluate(metrics, bar)
+            if self.iteration == cfg.iterations:
+                break
+            rec = self.step()
+            append_jsonl(metrics, rec)
+            if self.iteration == first:
+                self.log(f"iteration {rec['iteration']}: engine {t.engine}, {rec['seconds']:.2f} s, "
+                         f"{format_peak_memory(rec)}")
+            self.iteration += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", syn_lr=f"{rec['syn_lr']:.4g}", mem=format_peak_memory(rec, short=True))
+            if self.iteration % cfg.checkpoint_it == 0 or self.iteration % every == 0:
+                self._save_checkpoint()
+        bar.close()
+        self.save_synset(self.out / "synset_last")
+        self._save_checkpoint()
+        return self._summary(metrics)
+
+    def _summary(self, metrics: Path) -> dict:
+        summary = {"best_iteration": self.best["iteration"], f"best_val_{self.metric}": self.best["value"],
+                   "iterations": self.cfg.iterations, "final_syn_lr": float(self.syn_lr.item())}
+        top = max_test_over_evals(read_jsonl(metrics), self.metric)
+        if top is not None:
+            summary["max_test_over_evals"] = top
+            self.log(f"max over the in-loop evaluations of the TEST split: {self.metric} {top['value']:.2f} at "
+                     f"iteration {top['iteration']} (selection on the test set, for comparison with "
+                     f"published MTT tables only; the selected synset is synset/, chosen on validation)")
+        write_json(self.out / "summary.json", summary)
+        return summary

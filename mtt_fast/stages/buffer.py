@@ -1,0 +1,51 @@
+"""``mtt-fast buffer``: train experts on the real data and store their trajectories."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mtt_fast.experts import ExpertConfig, train_experts
+from mtt_fast.models import get_network
+from mtt_fast.rundir import mark_complete, prepare_out
+from mtt_fast.stages.common import DataOptions, at_least_one, load_bundle, resolve_device
+
+
+@dataclass
+class BufferStage:
+    """The buffer command: a dataset, the expert settings, and the paper's jitter.
+
+    ``jitter`` None means: on for the histology datasets (pg, crc), off otherwise.
+    """
+
+    data: DataOptions
+    experts: ExpertConfig = field(default_factory=ExpertConfig)
+    jitter: bool | None = None
+
+
+def run_buffer(stage: BufferStage, out: str | Path, *, overwrite: bool = False, device="auto", progress: bool = True,
+               log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) the experts into the store ``out``; returns the store's meta."""
+    from mtt_fast.data import ExpertTransform
+    from mtt_fast.experts import TrajectoryStore
+
+    cfg, out = stage.experts, Path(out)
+    dev = resolve_device(device)
+    get_network(cfg.arch, 3, 2, 32)  # unknown --arch fails before any data is read
+    at_least_one(num_experts=cfg.num_experts, epochs=cfg.epochs)
+    bundle = load_bundle(stage.data, seed=cfg.seed, progress=progress)
+    jitter = stage.data.dataset in ("pg", "crc") if stage.jitter is None else stage.jitter
+    config = {"command": "buffer", "dataset": bundle.meta(), "jitter": jitter, **asdict(cfg)}
+    state = prepare_out(out, config, overwrite=overwrite, defaults=asdict(ExpertConfig()))
+    if state == "complete":
+        log(f"{out} already holds this finished store; nothing to do (pass --overwrite to train again)")
+        return TrajectoryStore.open(out).meta
+    bundle.write_split(out / "split.json")
+    meta = train_experts(bundle, out, cfg, device=dev, transform=ExpertTransform() if jitter else None,
+                         progress=progress, log=log)
+    mark_complete(out)
+    accs = [e["val_accuracy"] for e in meta["experts"]]
+    log(f"store {out}: {len(accs)} experts x {cfg.epochs} epochs, {meta['num_params']} parameters; "
+        f"val accuracy {sum(accs) / len(accs):.2f}% mean")
+    return meta

@@ -1,0 +1,66 @@
+"""What every stage shares: the dataset options, the device, the DSA settings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from mtt_fast.augment import DSAConfig
+from mtt_fast.errors import UserError
+
+
+@dataclass
+class DataOptions:
+    """Which dataset a stage reads (``--dataset``, ``--data-root``, ``--res``, ...)."""
+
+    dataset: str
+    data_root: str | None = None
+    res: int | None = None
+    normalization: str = "auto"
+    options: dict = field(default_factory=dict)
+    cache_dir: str | None = None
+
+
+def load_bundle(data: DataOptions, *, seed: int, progress: bool):
+    """The dataset with its train/val/test split (split drawn from ``seed``)."""
+    from mtt_fast.data import load_dataset
+
+    return load_dataset(data.dataset, data.data_root, data.res, seed=seed, options=data.options,
+                        cache_dir=data.cache_dir, normalization=data.normalization, progress=progress)
+
+
+def bundle_from_meta(meta: dict, data_root: str | None, progress: bool):
+    """The dataset a store or synset recorded (``data_root``: where it lives now, if it moved)."""
+    from mtt_fast.data import load_dataset_from_meta
+
+    return load_dataset_from_meta(meta, root=data_root, progress=progress)
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> cuda when a GPU is visible, else cpu; a clear error for a missing GPU."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch")
+    return dev
+
+
+def dsa_dict(strategy: str | None = None, mode: str | None = None) -> dict:
+    """DSA settings as stored in configs; ``strategy`` ``none`` (or empty) disables DSA."""
+    d = DSAConfig()
+    strategy = d.strategy if strategy is None else strategy
+    return asdict(DSAConfig(strategy="" if strategy in ("none", "") else strategy, mode=d.mode if mode is None else mode))
+
+
+def at_least_one(**values: int) -> None:
+    """A :class:`UserError` naming the first option (``--name``) below 1."""
+    for name, v in values.items():
+        if v is not None and v < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")

@@ -1,0 +1,66 @@
+"""``mtt-fast eval``: networks trained from scratch on a synset, tested on real data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from mtt_fast.errors import UserError
+from mtt_fast.evaluate.protocol import EvalConfig
+from mtt_fast.evaluate.run import evaluate_synset, write_results
+from mtt_fast.models import get_network
+from mtt_fast.rundir import mark_complete, prepare_out
+from mtt_fast.stages.common import at_least_one, bundle_from_meta, resolve_device
+from mtt_fast.synth import Synset
+
+
+@dataclass
+class EvalStage:
+    """The eval command. ``evaluation.width`` / ``depth`` are taken from the synset's backbone."""
+
+    synset: str
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    archs: list[str] = field(default_factory=lambda: ["convnet"])
+    repeats: int = 3
+    split: str = "test"
+    seed: int = 0
+    data_root: str | None = None
+
+
+def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, device="auto", progress: bool = True,
+             log: Callable[[str], None] = print, label: str | None = None) -> dict:
+    """Evaluate (or find already evaluated) the synset; returns the ``results.json`` content."""
+    from mtt_fast.io import read_json
+
+    out = Path(out)
+    dev = resolve_device(device)
+    if not stage.archs:
+        raise UserError("--archs: name at least one architecture")
+    for a in stage.archs:
+        get_network(a, 3, 2, 32)
+    at_least_one(repeats=stage.repeats, epochs=stage.evaluation.epochs)
+    if stage.split not in ("test", "val"):
+        raise UserError(f"--split {stage.split}: choose test or val")
+    synset = Synset.load(stage.synset)
+    m = synset.meta
+    cfg = replace(stage.evaluation, width=m.get("width", 128), depth=m.get("depth", 3))
+    config = {"command": "eval", "synset": str(Path(stage.synset).resolve()), "archs": list(stage.archs),
+              "repeats": stage.repeats, "split": stage.split, "seed": stage.seed, **asdict(cfg)}
+    state = prepare_out(out, config, overwrite=overwrite, defaults=asdict(EvalConfig()))
+    if state == "complete":
+        log(f"{out} already holds these results; nothing to do (pass --overwrite to evaluate again)")
+        return read_json(out / "results.json", what="evaluation results")
+    bundle = bundle_from_meta(m["dataset"], stage.data_root, progress)
+    if list(bundle.classes) != list(m["classes"]) or bundle.res != synset.images.shape[-1] \
+            or bundle.channels != synset.images.shape[1]:
+        raise UserError(f"--synset {stage.synset} was made for classes {m['classes']} at {synset.images.shape[-1]} px, "
+                        f"but the dataset gives {bundle.classes} at {bundle.res} px")
+    log(f"evaluating {m.get('method')} ipc {m.get('ipc')} on {stage.split}: {', '.join(stage.archs)} x "
+        f"{stage.repeats}, {cfg.epochs} epochs")
+    results = evaluate_synset(synset, bundle, list(stage.archs), cfg, repeats=stage.repeats, split=stage.split,
+                              seed=stage.seed, device=dev, progress=progress, log=log)
+    write_results(out, results, label or f"{m.get('method')}")
+    mark_complete(out)
+    log(f"results in {out / 'results.json'} and {out / 'results.md'}")
+    return results

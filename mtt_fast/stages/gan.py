@@ -1,0 +1,50 @@
+"""``mtt-fast gan train``: the class-conditional generator GLaD distills through."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from mtt_fast.generative import GANConfig, train_gan
+from mtt_fast.rundir import mark_complete, prepare_out
+from mtt_fast.stages.common import DataOptions, at_least_one, load_bundle, resolve_device
+
+
+@dataclass
+class GanStage:
+    """The gan train command: a dataset and the GAN's settings (``num_threads``: torch's CPU threads)."""
+
+    data: DataOptions
+    gan: GANConfig = field(default_factory=GANConfig)
+    num_threads: int | None = None
+
+
+def run_gan(stage: GanStage, out: str | Path, *, overwrite: bool = False, device="auto", progress: bool = True,
+            log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) the generator in ``out``; returns ``train_gan``'s result (None if already finished)."""
+    out = Path(out)
+    dev = resolve_device(device)
+    at_least_one(num_threads=stage.num_threads)
+    if stage.num_threads is not None:
+        torch.set_num_threads(stage.num_threads)
+    cfg = stage.gan
+    if cfg.classifier_store:
+        cfg = replace(cfg, classifier_store=str(Path(cfg.classifier_store).expanduser().resolve()))
+    cfg.validate()
+    at_least_one(classifier_epochs=cfg.classifier_epochs)
+    bundle = load_bundle(stage.data, seed=cfg.seed, progress=progress)
+    config = {"command": "gan train", "dataset": bundle.meta(), **asdict(cfg), "num_threads": stage.num_threads}
+    state = prepare_out(out, config, overwrite=overwrite)
+    if state == "complete":
+        log(f"{out} already holds this finished generator; nothing to do (pass --overwrite to train again)")
+        return {}
+    res = train_gan(bundle, out, cfg, device=dev, progress=progress, log=log)
+    mark_complete(out)
+    q = res["quality"]
+    log(f"generator {out / 'generator.json'} (step {res['step']}): class consistency "
+        f"{q['class_consistency']:.2f}% (the classifier's accuracy on real validation images: "
+        f"{res['classifier']['val_accuracy']:.2f}%)")
+    return res
