@@ -9,8 +9,8 @@ import torch
 
 from mtt_fast.evaluate.metrics import headline_metric
 from mtt_fast.evaluate.protocol import EvalConfig, evaluate_arch
+from mtt_fast.evaluate.tables import results_markdown
 from mtt_fast.io import write_json, write_text
-from mtt_fast.report.tables import results_markdown
 from mtt_fast.synth import Synset
 
 #: Starting learning rates of the unseen architectures, as the GLaD reference evaluates them

@@ -3,7 +3,7 @@
 A RUN_DIR is recognized by the files the other commands write into it:
 
 * a distill run: ``config.yaml`` with ``command: distill`` (``metrics.jsonl``, ``summary.json``,
-  ``synset/``; the random-real baseline has only ``synset/``), see :mod:`mtt_fast.distill.mtt`;
+  ``synset/``; the random-real baseline has only ``synset/``), see :mod:`mtt_fast.distill`;
 * an evaluation: ``results.json`` as written by :func:`mtt_fast.evaluate.run.write_results`
   (an ``eval`` directory without it is still running and is noted, not read);
 * a sweep: ``summary.json`` holding ``{"metric", "keys", "rows"}``;
@@ -33,6 +33,11 @@ def method_label(method: str | None) -> str:
 def method_rank(method: str | None) -> tuple[int, str]:
     m = str(method).lower()
     return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+
+
+def ipc_key(ipc) -> tuple:
+    """Sort key for images per class: numbers in order, a missing one last."""
+    return (ipc is None, ipc if isinstance(ipc, (int, float)) else 0)
 
 
 @dataclass
@@ -128,6 +133,7 @@ class Collection:
     evals: list[EvalRun] = field(default_factory=list)
     sweeps: list[Sweep] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # the RUN_DIRs given, resolved
 
     def all_evals(self) -> list[EvalRun]:
         """Standalone evaluations and those inside distill runs, each once."""
@@ -265,7 +271,7 @@ def collect(paths: list[str | Path]) -> Collection:
     Raises:
         UserError: a path does not exist, or holds no run at its level or 1-2 levels below.
     """
-    col = Collection()
+    col = Collection(sources=[str(Path(p).resolve()) for p in paths])
     seen: set[Path] = set()
     for p in map(Path, paths):
         if not p.is_dir():

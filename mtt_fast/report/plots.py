@@ -14,6 +14,7 @@ from PIL import Image
 
 from mtt_fast.io import atomic_target
 from mtt_fast.report.tables import METRIC_NAMES
+from mtt_fast.synth.synset import grid_row_labels, label_rows
 
 COLORS = ["#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
 
@@ -167,18 +168,22 @@ def plot_counts(classes: list[str], real: list[int] | None, real_source: str,
 
 
 def plot_grid(grid_png: str | Path, classes: list[str], title: str, path: str | Path, pad: int = 2) -> Path:
-    """A synset's ``grid.png`` (one row per class, see ``mtt_fast.synth.save_grid``) with class names."""
+    """A synset's ``grid.png`` (one row per class, see ``mtt_fast.synth.save_grid``) under a title.
+
+    Grids written since the rows carry their class names are shown as they are; an older,
+    unlabelled grid gets the names written beside its rows by the same function
+    (:func:`mtt_fast.synth.synset.label_rows`).
+    """
     img = np.asarray(Image.open(grid_png).convert("RGB"))
+    if grid_row_labels(grid_png) is None:
+        img = label_rows(img, classes, pad=pad)
     h, w = img.shape[:2]
-    k = max(1, len(classes))
-    row = (h - pad) / k
     scale = 1.0 if h > 400 else 2.0
-    fig = Figure(figsize=(max(3.0, w / 100 * scale) + 1.5, max(2.0, h / 100 * scale) + 0.6))
+    fig = Figure(figsize=(max(3.0, w / 100 * scale) + 0.4, max(2.0, h / 100 * scale) + 0.6))
     ax = fig.subplots()
     ax.imshow(img, interpolation="nearest")
-    ax.set_yticks([pad / 2 + row * (i + 0.5) for i in range(k)])
-    ax.set_yticklabels(classes if classes else ["?"], fontsize=8)
     ax.set_xticks([])
+    ax.set_yticks([])
     for s in ax.spines.values():
         s.set_visible(False)
     ax.set_title(title, fontsize=10)

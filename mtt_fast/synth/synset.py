@@ -6,18 +6,22 @@ they are; the normalization in ``meta.json`` turns them back into pictures.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 from mtt_fast.errors import UserError
 from mtt_fast.io import atomic_target, load_tensors, read_json, save_tensors, write_json
 
 SYNSET_FORMAT = "mtt-fast/synset"
+#: PNG text chunk of a grid whose rows carry their class names (JSON list of the names).
+GRID_LABELS_KEY = "mtt-fast:row-labels"
 
 
 @dataclass
@@ -47,7 +51,7 @@ class Synset:
         save_tensors(out / "synset.safetensors", tensors)
         write_json(out / "meta.json", {"format": SYNSET_FORMAT, **self.meta})
         save_grid(self.images, self.labels, self.meta["normalization"], out / "grid.png",
-                  num_classes=len(self.meta["classes"]))
+                  num_classes=len(self.meta["classes"]), classes=list(self.meta["classes"]))
 
     @classmethod
     def load(cls, path: str | Path) -> Synset:
@@ -83,8 +87,13 @@ def to_pictures(images: torch.Tensor, normalization: dict) -> torch.Tensor:
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, normalization: dict, path: str | Path,
-              *, num_classes: int, max_per_class: int = 10, pad: int = 2) -> None:
-    """One row per class, up to ``max_per_class`` images each, as a PNG."""
+              *, num_classes: int, max_per_class: int = 10, pad: int = 2,
+              classes: list[str] | None = None) -> None:
+    """One row per class, up to ``max_per_class`` images each, as a PNG.
+
+    With ``classes`` (the ``num_classes`` names), each row's class name is written at its left
+    (:func:`label_rows`) and the names are recorded in the PNG's ``GRID_LABELS_KEY`` text chunk.
+    """
     pics = to_pictures(images, normalization)
     _, c, h, w = pics.shape
     cols = max(1, min(max_per_class, max((int((labels == k).sum()) for k in range(num_classes)), default=1)))
@@ -99,8 +108,87 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, normalization: dict, p
             arr = np.kron(arr, np.ones((scale, scale, 1), dtype=np.uint8))
             y0, x0 = pad + k * (H + pad), pad + j * (W + pad)
             canvas[y0 : y0 + H, x0 : x0 + W] = arr
+    info = None
+    if classes is not None:
+        if len(classes) != num_classes:
+            raise ValueError(f"save_grid: {len(classes)} class names for {num_classes} classes")
+        canvas = label_rows(canvas, classes, pad=pad)
+        info = PngInfo()
+        info.add_text(GRID_LABELS_KEY, json.dumps(list(classes)))
     with atomic_target(path) as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG")
+        Image.fromarray(canvas).save(tmp, format="PNG", pnginfo=info)
+
+
+def grid_row_labels(path: str | Path) -> list[str] | None:
+    """The class names written into a grid PNG's rows by :func:`save_grid`; None if unlabelled."""
+    with Image.open(path) as im:
+        text = getattr(im, "text", None) or {}
+        raw = text.get(GRID_LABELS_KEY)
+    try:
+        names = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def _font(row: int):
+    """A font for names beside rows ``row`` px tall, and the whole factor to enlarge its text by.
+
+    Pillow's default font at a size that suits the row (FreeType, Pillow >= 10.1), else its
+    built-in bitmap font enlarged 1-4 times.
+    """
+    try:
+        return ImageFont.load_default(size=max(12, min(36, row // 4))), 1
+    except (TypeError, ImportError, OSError, AttributeError):  # old Pillow or no FreeType
+        bitmap = getattr(ImageFont, "load_default_imagefont", ImageFont.load_default)()
+        return bitmap, max(1, min(4, row // 32))
+
+
+def _ink(text: str, font, scale: int) -> np.ndarray:
+    """``text`` drawn in ``font``, enlarged ``scale`` times: ink coverage ``[height, width]`` uint8."""
+    _, _, right, bottom = font.getbbox(text)
+    img = Image.new("L", (max(1, int(right)), max(1, int(bottom))), 0)
+    ImageDraw.Draw(img).text((0, 0), text, fill=255, font=font)
+    ink = np.asarray(img)
+    return np.kron(ink, np.ones((scale, scale), dtype=np.uint8)) if scale > 1 else ink
+
+
+def _printable(name, max_chars: int) -> str:
+    name = "".join(ch if ch.isprintable() else "?" for ch in str(name))
+    name = name.encode("latin-1", "replace").decode("latin-1")
+    return (name[: max_chars - 2] + "..") if len(name) > max_chars else (name or "?")
+
+
+def label_rows(canvas: np.ndarray, classes: list[str], *, pad: int = 2, max_chars: int = 24) -> np.ndarray:
+    """A grid with each row's class name written, black on white, in a band at its left.
+
+    The text is Pillow's default font, sized from the row height so that it reads beside
+    tiles of 64 to 224 px (see :func:`_font`); names longer than ``max_chars`` are cut (ending
+    in ``..``), characters outside Latin-1 become ``?``.
+
+    Args:
+        canvas: ``[k * (H + pad) + pad, width, 3]`` uint8: ``k = len(classes)`` rows of height
+            ``H``, each starting ``pad`` px below the previous one (:func:`save_grid`'s layout).
+        classes: the row names, top to bottom.
+
+    Returns:
+        ``[same height, band + width, 3]`` uint8; ``canvas`` itself when ``classes`` is empty.
+    """
+    k = len(classes)
+    if k == 0:
+        return canvas
+    row = max(1, (canvas.shape[0] - pad) // k - pad)
+    font, scale = _font(row)
+    inks = [_ink(_printable(name, max_chars), font, scale) for name in classes]
+    margin = max(4, row // 16)
+    width = max(ink.shape[1] for ink in inks) + 2 * margin
+    band = np.full((canvas.shape[0], width), 255, dtype=np.uint8)
+    for i, ink in enumerate(inks):
+        y0 = pad + i * (row + pad)
+        h = min(ink.shape[0], row)
+        top = y0 + (row - h) // 2
+        band[top : top + h, margin : margin + ink.shape[1]] -= ink[:h]
+    return np.concatenate([np.repeat(band[:, :, None], 3, axis=2), canvas], axis=1)
 
 
 def init_real(train_split, ipc: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from mtt_fast.cli.main import main
 from PIL import Image
 
-from mtt_fast.report.tables import results_markdown
+from mtt_fast.report.build import build_report
+from mtt_fast.report.collect import SynsetInfo
+from mtt_fast.report.counts import real_class_counts
 from mtt_fast.synth import Synset
 
 CLASSES = ["ADI", "LYM", "TUM"]
@@ -203,27 +205,179 @@ def test_single_run_dir_and_overwrite(runs, tmp_path):
     assert "Random real" in (out / "report.md").read_text()
 
 
-def test_results_markdown_archs_keyword():
-    r = _results("mtt", 1, {"convnet": _arch(60, 50, [1, 2, 3]), "alexnet": _arch(40, 30, [1, 2, 3])})
-    default = results_markdown([("x", r)])
-    assert "| Synset | Img/Cls | convnet | alexnet | Average |" in default
-    assert "| x | 1 | 60.0 ± 1.0 | 40.0 ± 1.0 | 50.0 ± 1.0 |" in default
-    only = results_markdown([("x", r)], archs=["alexnet"])
-    assert "| Synset | Img/Cls | alexnet |" in only and "Average" not in only
+def test_results_markdown_is_the_evaluation_layers():
+    """Old scripts import results_markdown from the report; it is the evaluation layer's own."""
+    from mtt_fast.evaluate import tables as ev_tables
+    from mtt_fast.report import tables as rep_tables
+
+    assert rep_tables.results_markdown is ev_tables.results_markdown
+    assert rep_tables.pm is ev_tables.pm and rep_tables.METRIC_NAMES is ev_tables.METRIC_NAMES
 
 
-def test_real_counts_from_reachable_data(tmp_path, monkeypatch):
-    """No store records the counts: they are counted in the data, when it is there."""
+def _reachable_synset(tmp_path, classes=("A", "B")):
+    """A synset whose dataset root exists but whose trajectory store records no counts."""
+    root = tmp_path / "data"
+    root.mkdir()
+    syn = SynsetInfo(tmp_path, {"classes": list(classes), "dataset": {"name": "toy", "root": str(root), "res": 8,
+                                                                      "seed": 0, "split_fingerprint": "beef"}},
+                     None, None)
+    return syn, root
+
+
+def test_real_counts_come_from_the_callers_loader(tmp_path):
+    """No store records the counts: the caller's loader is asked (with the dataset meta), never the data."""
+    from mtt_fast.errors import UserError
+
+    syn, root = _reachable_synset(tmp_path)
+    seen = []
+
+    def loader(meta):
+        seen.append(meta)
+        return [7, 3]
+
+    counts, source = real_class_counts(syn, [], True, {}, loader)
+    assert counts == [7, 3] and source == f"counted in {root}"
+    assert seen == [syn.meta["dataset"]]
+    counts, source = real_class_counts(syn, [], False, {}, loader)
+    assert counts is None and "--no-load-data" in source and len(seen) == 1
+    counts, source = real_class_counts(syn, [], True, {}, None)
+    assert counts is None and "not loaded" in source
+
+    def broken(meta):
+        raise UserError("dataset meta: missing key 'seed'")
+
+    counts, source = real_class_counts(syn, [], True, {}, broken)
+    assert counts is None and source == f"the data at {root} could not be read: dataset meta: missing key 'seed'"
+    # unreachable data: the loader is not asked
+    gone = SynsetInfo(tmp_path, {"classes": ["A", "B"], "dataset": {"name": "toy", "root": str(tmp_path / "gone")}},
+                      None, None)
+    counts, source = real_class_counts(gone, [], True, {}, loader)
+    assert counts is None and "not reachable" in source and len(seen) == 1
+
+
+def test_build_report_passes_the_dataset_meta_to_class_counts(tmp_path):
+    syn_dir = tmp_path / "runs" / "syn"
+    _synset(syn_dir, "mtt", 1, dataset="toy")
+    meta = json.loads((syn_dir / "meta.json").read_text())
+    root = tmp_path / "data"
+    root.mkdir()
+    meta["dataset"]["root"] = str(root)
+    (syn_dir / "meta.json").write_text(json.dumps(meta))
+    ev = tmp_path / "runs" / "ev"
+    _write(ev / "config.yaml", yaml.safe_dump({"command": "eval", "synset": str(syn_dir)}))
+    _write(ev / "results.json", json.dumps(_results("mtt", 1, {"convnet": _arch(60.0, 50.0, [1.0, 2.0, 3.0])})))
+    calls = []
+
+    def loader(ds):
+        calls.append(ds)
+        return [30, 10, 5]
+
+    outs = {}
+    for name, kw in (("with", {"class_counts": loader}), ("without", {}), ("off", {"class_counts": loader,
+                                                                                  "load_data": False})):
+        outs[name] = tmp_path / name
+        outs[name].mkdir()
+        data = build_report([ev], outs[name], log=lambda s: None, **kw)
+        assert len(data["images"]) == len(re.findall(r"!\[", (outs[name] / "report.md").read_text()))
+    assert calls == [meta["dataset"]]
+    counts = [json.loads((outs[n] / "report.json").read_text())["class_counts"][0] for n in ("with", "without", "off")]
+    assert counts[0]["real_train"] == [30, 10, 5] and counts[0]["real_source"] == f"counted in {root}"
+    assert counts[1]["real_train"] is None and "not loaded" in counts[1]["real_source"]
+    assert counts[2]["real_train"] is None and "--no-load-data" in counts[2]["real_source"]
+    assert "Real class counts not shown" not in (outs["with"] / "report.md").read_text()
+
+
+def test_train_class_counts_counts_the_data(tmp_path, monkeypatch):
+    """The loader the stage layer passes in: the data's own training split counts."""
     from mtt_fast.data import load_dataset
-    from mtt_fast.report.build import real_class_counts
-    from mtt_fast.report.collect import SynsetInfo
+    from mtt_fast.data.counts import train_class_counts
     from tests.fixtures.datasets import make_crc
 
     monkeypatch.setenv("MTT_FAST_CACHE", str(tmp_path / "cache"))
     root = make_crc(tmp_path / "crc", patients_per_class=2, tiles_per_patient=2, size=16, test_patients_per_class=1)
     bundle = load_dataset("crc", root, 8, progress=False, cache_dir=str(tmp_path / "cache"))
+    want = list(bundle.split("train").class_counts())
+    assert train_class_counts(bundle.meta()) == want and sum(want) > 0
     syn = SynsetInfo(tmp_path, {"classes": list(bundle.classes), "dataset": bundle.meta()}, None, None)
-    counts, source = real_class_counts(syn, [], True, {})
-    assert counts == list(bundle.split("train").class_counts()) and "counted in" in source
-    counts, source = real_class_counts(syn, [], False, {})
-    assert counts is None and "--no-load-data" in source
+    counts, source = real_class_counts(syn, [], True, {}, train_class_counts)
+    assert counts == want and source == f"counted in {root}"
+
+
+def test_report_layer_never_imports_the_data_layer():
+    """Statically (no import of mtt_fast.data in mtt_fast/report) and at run time."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mtt_fast.report
+
+    for f in Path(mtt_fast.report.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "mtt_fast.data" or n.startswith("mtt_fast.data.") for n in names), (f, names)
+    code = ("import sys; import mtt_fast.report.build, mtt_fast.report.plots; "
+            "print(sorted(m for m in sys.modules if m == 'mtt_fast.data' or m.startswith('mtt_fast.data.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_steps_hand_plain_data_on(runs, tmp_path):
+    """collect -> make_tables (plain data) -> draw_figures (files) -> render (report files)."""
+    from mtt_fast.report.collect import collect
+    from mtt_fast.report.entries import make_tables
+    from mtt_fast.report.figures import draw_figures
+    from mtt_fast.report.render import json_safe, render
+
+    col = collect([runs])
+    tables = make_tables(col, load_data=False)
+    assert tables.found == {"distills": 2, "evals": 4, "sweeps": 1}
+    json.dumps(json_safe(tables.__dict__))  # plain data all the way down
+    toy = next(g for g in tables.cross_arch if g["dataset"] == "toy")
+    assert toy["archs"] == ["alexnet", "vgg11", "resnet18"]
+    assert [(r["label"], r["source"]) for r in toy["rows"]] == [("Random real", "study/random_ipc1/eval"),
+                                                                ("MTT", "study/mtt_ipc1/eval_cross")]
+    assert [r["note"] for r in tables.recall] == ["no random-real baseline evaluated at this ipc: the distilled set alone",
+                                                  "distilled sets beside the random-real baseline"]
+    assert tables.distill_runs[0]["best_iteration"] == 3 and tables.distill_runs[0]["steps_done"] == 6
+    counts = {c["dataset"]: c for c in tables.class_counts}
+    assert counts["toy"]["distilled"] == [("ipc 1: Random real, MTT", [1, 1, 1])]
+    assert [s["name"] for s in tables.synsets] == ["study/extra/crc_eval", "study/mtt_ipc1", "study/random_ipc1"]
+    assert [t["value"] for t in tables.max_test] == [68.0]
+
+    out = tmp_path / "rep"
+    figures = draw_figures(col, tables, out)
+    assert [f.kind for f in figures] == ["curves", "recall", "recall", "counts", "counts", "grid", "grid", "grid"]
+    assert all(f.path.is_file() and f.path.parent == out / "plots" for f in figures)
+    assert sorted(f.copy.name for f in figures if f.kind == "grid") == sorted(p.name for p in (out / "grids").iterdir())
+    assert not (out / "report.md").exists()
+    data = render(tables, figures, out)
+    assert data["images"] == [f.path.relative_to(out).as_posix() for f in figures]
+    assert json.loads((out / "report.json").read_text())["grids"][1]["grid"] == "grids/study_mtt_ipc1.png"
+
+
+def test_grid_figure_labels_rows_once(tmp_path, monkeypatch):
+    """A labelled grid.png is shown as it is; an old unlabelled one gets the same labels drawn."""
+    from mtt_fast.report import plots
+    from mtt_fast.synth.synset import label_rows
+
+    _synset(tmp_path / "new", "mtt", 1)
+    old = tmp_path / "old.png"
+    img = Image.open(tmp_path / "new" / "grid.png").convert("RGB")
+    band = np.asarray(img).shape[1] - 64 - 2 * 2  # one 64 px tile per row and its pads
+    img.crop((band, 0, img.width, img.height)).save(old)  # as grid.png was written before the labels
+    calls = []
+
+    def spy(canvas, classes, **kw):
+        calls.append(list(classes))
+        return label_rows(canvas, classes, **kw)
+
+    monkeypatch.setattr(plots, "label_rows", spy)
+    plots.plot_grid(tmp_path / "new" / "grid.png", CLASSES, "new", tmp_path / "new.png")
+    assert calls == []
+    plots.plot_grid(old, CLASSES, "old", tmp_path / "old_fig.png")
+    assert calls == [CLASSES]
+    # the old grid, labelled, is the new grid: the same labels as grid.png carries
+    relabelled = label_rows(np.asarray(Image.open(old).convert("RGB")), CLASSES, pad=2)
+    assert np.array_equal(relabelled, np.asarray(Image.open(tmp_path / "new" / "grid.png").convert("RGB")))
