@@ -14,14 +14,13 @@ import statistics
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm import tqdm
 
-from mtt_fast.augment import DSAConfig, augment
+from mtt_fast.augment import DSAConfig
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.metrics import compute_metrics, predict_proba
-from mtt_fast.experts.train import seeded_network
+from mtt_fast.fit import fit_classifier
+from mtt_fast.models import seeded_network
 
 
 @dataclass
@@ -88,23 +87,16 @@ def train_on_synset(
     decay = cfg.ema_decay if cfg.ema_decay is not None else auto_ema_decay(total)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    step = 0
-    for _ in tqdm(range(cfg.epochs), desc=f"train {arch}", disable=not progress, leave=False):
+
+    def batches(epoch: int):
         perm = torch.randperm(n, generator=gen).to(device)
-        for b in perm.split(cfg.batch_size):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, lr, cfg.warmup_fraction)
-            x = x_all[b]
-            if dsa.enabled:
-                x, _ = augment(x, dsa, gen, impl=cfg.dsa_impl)
-            loss = F.cross_entropy(net(x), y_all[b])
-            if not torch.isfinite(loss):
-                raise UserError(f"evaluation training of {arch} diverged (loss {loss.item()}); lower --lr (now {lr:g})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema.update_parameters(net)
-            step += 1
+        return ((x_all[b], y_all[b]) for b in perm.split(cfg.batch_size))
+
+    fit_classifier(net, batches, opt, epochs=cfg.epochs, dsa=dsa, dsa_impl=cfg.dsa_impl, generator=gen,
+                   lr_schedule=lambda step: lr_at(step, total, lr, cfg.warmup_fraction), ema=ema,
+                   diverged=lambda loss: (f"evaluation training of {arch} diverged (loss {loss}); "
+                                          f"lower --lr (now {lr:g})"),
+                   progress=progress, desc=f"train {arch}")
     return ema.module
 
 

@@ -13,15 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
-from tqdm import tqdm
 
-from mtt_fast.augment import DSAConfig, augment
+from mtt_fast.augment import DSAConfig
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.metrics import compute_metrics, predict_proba
 from mtt_fast.experts.store import STORE_FORMAT, STORE_VERSION, write_shard
+from mtt_fast.fit import fit_classifier
 from mtt_fast.io import read_json
-from mtt_fast.models import FlatParams, get_network
+from mtt_fast.models import FlatParams, get_network, seeded_network
+
+__all__ = ["ExpertConfig", "limit_per_class", "seeded_network", "train_experts"]  # seeded_network: moved to models
 
 
 @dataclass
@@ -41,13 +42,6 @@ class ExpertConfig:
     dsa_impl: str = "auto"
     max_train_per_class: int | None = None
     seed: int = 0
-
-
-def seeded_network(arch: str, channels: int, num_classes: int, res: int, *, width: int, depth: int, seed: int):
-    """A network whose initialization depends only on ``seed`` (global RNG untouched)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return get_network(arch, channels, num_classes, res, width=width, depth=depth)
 
 
 def limit_per_class(split, n: int | None, generator: torch.Generator):
@@ -119,31 +113,28 @@ def train_experts(
         log(f"resuming: {done} of {cfg.num_experts} experts already in {out}")
     for k in range(done, cfg.num_experts):
         seed = cfg.seed * 100003 + k
-        gen = torch.Generator().manual_seed(seed)
-        net = seeded_network(cfg.arch, bundle.channels, bundle.num_classes, bundle.res,
-                             width=cfg.width, depth=cfg.depth, seed=seed).to(device)
-        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        snaps = [layout.flatten(net).cpu()]
-        bar = tqdm(range(cfg.epochs), desc=f"expert {k + 1}/{cfg.num_experts}", disable=not progress, leave=False)
-        losses = []
-        for _ in bar:
-            total, count = 0.0, 0
-            for x, y in train.batches(cfg.batch_size, generator=gen, shuffle=True, device=device, transform=transform):
-                if dsa.enabled:
-                    x, _ = augment(x, dsa, gen, impl=cfg.dsa_impl)
-                loss = F.cross_entropy(net(x), y)
-                if not torch.isfinite(loss):
-                    raise UserError(f"expert {k} training loss became {loss.item()} (lower --lr, now {cfg.lr})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(y)
-                count += len(y)
-            losses.append(total / max(count, 1))
-            snaps.append(layout.flatten(net).cpu())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        net, snaps, losses = _train_expert(k, seed, bundle, train, cfg, dsa, layout, device=device,
+                                           transform=transform, progress=progress)
         m = compute_metrics(predict_proba(net, val, device), val.labels, bundle.num_classes)
         record = {"seed": seed, "train_loss": losses, "val_accuracy": m["accuracy"], "val_auc": m["auc"]}
         write_shard(out, k, torch.stack(snaps), meta, record)
         log(f"expert {k + 1}/{cfg.num_experts}: val accuracy {m['accuracy']:.2f}%  (train loss {losses[-1]:.3f})")
     return meta
+
+
+def _train_expert(k: int, seed: int, bundle, train, cfg: ExpertConfig, dsa: DSAConfig, layout: FlatParams, *, device,
+                  transform, progress: bool) -> tuple[torch.nn.Module, list[torch.Tensor], list[float]]:
+    """Expert ``k``: ``(network, [flat parameters at init and after every epoch], epoch losses)``."""
+    gen = torch.Generator().manual_seed(seed)
+    net = seeded_network(cfg.arch, bundle.channels, bundle.num_classes, bundle.res,
+                         width=cfg.width, depth=cfg.depth, seed=seed).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    snaps = [layout.flatten(net).cpu()]
+    losses = fit_classifier(
+        net,
+        lambda epoch: train.batches(cfg.batch_size, generator=gen, shuffle=True, device=device, transform=transform),
+        opt, epochs=cfg.epochs, dsa=dsa, dsa_impl=cfg.dsa_impl, generator=gen,
+        on_epoch=lambda epoch, loss: snaps.append(layout.flatten(net).cpu()),
+        diverged=lambda loss: f"expert {k} training loss became {loss} (lower --lr, now {cfg.lr})",
+        progress=progress, desc=f"expert {k + 1}/{cfg.num_experts}")
+    return net, snaps, losses

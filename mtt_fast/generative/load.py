@@ -6,7 +6,7 @@ A spec is one of
   the module is rebuilt from the JSON config (:meth:`Generator.from_config`) and the
   safetensors weights;
 * a TorchScript file (``torch.jit.save`` of a module following
-  :mod:`mtt_fast.generative.interface`): ``torch.jit.load``;
+  :mod:`mtt_fast.synth.generator`): ``torch.jit.load``;
 * ``package.module:factory``: the module is imported and ``factory()`` called with no
   arguments; it returns the ``nn.Module``.
 
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mtt_fast.errors import UserError
-from mtt_fast.generative.interface import check_generator
+from mtt_fast.synth.generator import check_generator
 from mtt_fast.generative.networks import Generator
 
 GENERATOR_FORMAT = "mtt-fast/generator"

@@ -1,7 +1,7 @@
 """A small class-conditional StyleGAN2-like generator and a projection discriminator.
 
 Sized for 16-256 px images and CPU-friendly widths. The generator follows the interface of
-:mod:`mtt_fast.generative.interface` exactly (``mapping``, ``features``, ``render``; integer
+:mod:`mtt_fast.synth.generator` exactly (``mapping``, ``features``, ``render``; integer
 attributes ``z_dim``, ``w_dim``, ``num_ws``, ``num_classes``, ``img_channels``,
 ``img_resolution``), is deterministic (no noise inputs) and TorchScript-scriptable::
 

@@ -25,12 +25,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from tqdm import tqdm
 
 from mtt_fast.errors import UserError
-from mtt_fast.generative.interface import to_model_space
+from mtt_fast.experts import TrajectoryStore
+from mtt_fast.experts.train import limit_per_class
+from mtt_fast.fit import fit_classifier
 from mtt_fast.io import load_tensors, read_json, save_tensors, write_json
+from mtt_fast.models import get_network, seeded_network
+from mtt_fast.synth.generator import to_model_space
 
 CLASSIFIER_FORMAT = "mtt-fast/gan-classifier"
 
@@ -51,34 +53,23 @@ def train_classifier(bundle, *, epochs: int = 2, width: int = 32, depth: int = 3
                      batch_size: int = 128, lr: float = 0.01, seed: int = 0, device: torch.device | str = "cpu",
                      progress: bool = True) -> nn.Module:
     """A small ConvNet trained on the real training split (SGD, momentum 0.9, cosine lr)."""
-    from mtt_fast.experts.train import limit_per_class, seeded_network
-
     train = limit_per_class(bundle.split("train"), max_train_per_class, torch.Generator().manual_seed(seed))
     net = seeded_network("convnet", bundle.channels, bundle.num_classes, bundle.res, width=width, depth=depth,
                          seed=seed).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    steps = epochs * ((len(train) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    steps_per_epoch = (len(train) + batch_size - 1) // batch_size
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs * steps_per_epoch, 1))
     gen = torch.Generator().manual_seed(seed + 1)
-    net.train()
-    bar = tqdm(total=steps, desc="classifier", disable=not progress, leave=False)
-    for _ in range(epochs):
-        for x, y in train.batches(batch_size, generator=gen, shuffle=True, device=device):
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-    bar.close()
+    fit_classifier(net, lambda epoch: train.batches(batch_size, generator=gen, shuffle=True, device=device), opt,
+                   epochs=epochs, scheduler=sched,
+                   diverged=lambda loss: f"the class-consistency classifier's training loss became {loss}",
+                   progress=progress, desc="classifier", progress_per="step", steps_per_epoch=steps_per_epoch)
     net.eval()
     return net
 
 
 def classifier_from_store(store_dir: str | Path, bundle, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """Expert 0's final snapshot of a trajectory store, as a classifier for ``bundle``'s images."""
-    from mtt_fast.experts import TrajectoryStore
-
     try:
         store = TrajectoryStore.open(store_dir)
     except UserError as e:
@@ -110,8 +101,6 @@ def load_or_train_classifier(out: str | Path, bundle, *, store: str | None = Non
     run trained it; else trains one and saves it there. The returned info holds
     ``val_accuracy``: the classifier's accuracy on the real validation split.
     """
-    from mtt_fast.models import get_network
-
     out = Path(out)
     if store:
         net, info = classifier_from_store(store, bundle, device)
@@ -144,7 +133,7 @@ def class_consistency(G: nn.Module, classifier: nn.Module, *, mean, std, samples
     """How often ``classifier`` labels ``G``'s images as the class they were drawn for.
 
     Args:
-        G: a generator (see :mod:`mtt_fast.generative.interface`) with ``num_classes >= 1``.
+        G: a generator (see :mod:`mtt_fast.synth.generator`) with ``num_classes >= 1``.
         classifier: maps model-space images ``[n, C, R, R]`` to logits ``[n, K]``.
         mean, std: the classifier's input normalization (pixels go through ``to_model_space``).
         samples_per_class: images drawn per class (fixed latents: the same ``seed`` draws

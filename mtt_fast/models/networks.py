@@ -233,3 +233,10 @@ def get_network(
     if name == "resnet18":
         return ResNet18(channels, num_classes, res)
     raise UserError(f"unknown architecture {arch!r} (--arch/--archs); choose from {', '.join(ARCHS)}")
+
+
+def seeded_network(arch: str, channels: int, num_classes: int, res: int, *, width: int, depth: int, seed: int) -> nn.Module:
+    """A network whose initialization depends only on ``seed`` (the global RNG is left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_network(arch, channels, num_classes, res, width=width, depth=depth)

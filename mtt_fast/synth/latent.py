@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mtt_fast.errors import UserError
-from mtt_fast.generative.interface import to_model_space
+from mtt_fast.synth.generator import to_model_space
 from mtt_fast.io import save_tensors, write_json
 from mtt_fast.synth.params import Parameterization
 
@@ -41,7 +41,7 @@ class GeneratorParam(Parameterization):
     """Latents (and optionally the weights) of a generator, rendered to normalized images.
 
     Args:
-        generator: a module following :mod:`mtt_fast.generative.interface`, on the target device.
+        generator: a module following :mod:`mtt_fast.synth.generator`, on the target device.
         info: its ``check_generator`` / ``describe`` dict (``num_ws``, ``z_dim``, ...).
         labels: ``[n]`` class of each synthetic image (on the target device).
         mean, std: the dataset's per-channel normalization.

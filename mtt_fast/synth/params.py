@@ -20,6 +20,11 @@ from pathlib import Path
 
 import torch
 
+# re-exported: the serializer lives below every user of it (distill, synth, generative)
+from mtt_fast.optim_state import load_optimizer_state, optimizer_state
+
+__all__ = ["Parameterization", "PixelParam", "load_optimizer_state", "optimizer_state"]
+
 
 class Parameterization:
     """Base class: pixels are the simplest case (:class:`PixelParam`)."""
@@ -61,7 +66,7 @@ class Parameterization:
 
     # -- checkpoints ---------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Learnables plus every optimizer's state (see :func:`optimizer_state`)."""
+        """Learnables plus every optimizer's state (see :func:`mtt_fast.optim_state.optimizer_state`)."""
         t = {k: v.detach() for k, v in self.learnables().items()}
         for name, opt in self.optimizers.items():
             t.update(optimizer_state(name, opt))
@@ -75,42 +80,6 @@ class Parameterization:
         for name, opt in self.optimizers.items():
             load_optimizer_state(name, opt, t)
         self.changed()
-
-
-def _state_key(key: str, name: str, i: int, count: int) -> str:
-    prefix = "momentum" if key == "momentum_buffer" else key
-    return f"{prefix}_{name}" if count == 1 else f"{prefix}_{name}.{i}"
-
-
-def optimizer_state(name: str, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """An optimizer's per-parameter tensors as flat named tensors.
-
-    SGD's momentum of optimizer ``img`` is ``momentum_img`` (``momentum_img.<i>`` when the
-    optimizer has several parameters); Adam's are ``exp_avg_img``, ``exp_avg_sq_img``, ``step_img``.
-    Hyper-parameters are not saved: they come from the run's config.
-    """
-    params = [p for g in opt.param_groups for p in g["params"]]
-    out = {}
-    for i, p in enumerate(params):
-        for key, v in opt.state.get(p, {}).items():
-            if isinstance(v, torch.Tensor):
-                out[_state_key(key, name, i, len(params))] = v.detach()
-            elif isinstance(v, (int, float)):
-                out[_state_key(key, name, i, len(params))] = torch.tensor(float(v))
-    return out
-
-
-def load_optimizer_state(name: str, opt: torch.optim.Optimizer, t: dict[str, torch.Tensor]) -> None:
-    """Inverse of :func:`optimizer_state` for an optimizer of the same kind over the same parameters."""
-    params = [p for g in opt.param_groups for p in g["params"]]
-    keys = {"momentum_buffer"} if isinstance(opt, torch.optim.SGD) else {"exp_avg", "exp_avg_sq", "step", "max_exp_avg_sq"}
-    for i, p in enumerate(params):
-        for key in keys:
-            k = _state_key(key, name, i, len(params))
-            if k in t:
-                v = t[k]
-                # Adam keeps ``step`` on the CPU unless it runs capturable/fused.
-                opt.state[p][key] = v.clone() if key == "step" else v.to(p.device, p.dtype).clone()
 
 
 class PixelParam(Parameterization):

@@ -89,22 +89,22 @@ def test_rerun_is_a_noop(finished, cache):
 def test_killed_run_resumes_to_the_same_generator(finished, cache, tmp_path, monkeypatch):
     """Kill a run right after its step-10 checkpoint; rerunning finishes it with exactly the
     weights of the uninterrupted run (every random draw comes from the saved generator state)."""
-    import mtt_fast.generative.train as tr
+    from mtt_fast.generative import GANTrainer
 
     ref_out, _ = finished
     out = tmp_path / "run"
-    real_save = tr._save_checkpoint
+    real_save = GANTrainer.save_checkpoint
 
-    def save_then_die(path, cfg, step, *a, **k):
-        real_save(path, cfg, step, *a, **k)
-        if step == 10:
+    def save_then_die(self):
+        real_save(self)
+        if self.cur_step == 10:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(tr, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(GANTrainer, "save_checkpoint", save_then_die)
     r = run("gan", "train", *TINY, "--cache-dir", cache, "--steps", "20", "--out", out, ok=False)
     assert r.exit_code == 2 and "interrupted" in r.output
     assert not (out / "COMPLETE").exists()
-    monkeypatch.setattr(tr, "_save_checkpoint", real_save)
+    monkeypatch.setattr(GANTrainer, "save_checkpoint", real_save)
     r = run("gan", "train", *TINY, "--cache-dir", cache, "--steps", "20", "--out", out)
     assert "resuming from" in r.output and "at step 10" in r.output
     assert (out / "COMPLETE").is_file()

@@ -8,14 +8,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtt_fast.errors import UserError
-from mtt_fast.generative.interface import check_generator, to_model_space
+from mtt_fast.synth.generator import check_generator, to_model_space
 from mtt_fast.synth.latent import GeneratorParam
 
 MEAN, STD = [0.3, 0.6], [0.2, 0.4]
 
 
 class TinyG(nn.Module):
-    """A 3-block conditional generator following mtt_fast/generative/interface.py (8x8x2)."""
+    """A 3-block conditional generator following mtt_fast/synth/generator.py (8x8x2)."""
 
     z_dim, w_dim, num_ws, num_classes, img_channels, img_resolution = 5, 6, 3, 3, 2, 8
 
@@ -165,3 +165,12 @@ def test_chunked_backward_through_the_shipped_generator(space, layer):
     for (name, t), w in zip(leaves.items(), want):
         w = torch.zeros_like(t) if w is None else w
         torch.testing.assert_close(t.grad, w, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_generative_interface_re_exports_the_contract():
+    """``mtt_fast.generative.interface`` (named in the README and in old code) is the synth contract."""
+    import mtt_fast.generative.interface as old
+    import mtt_fast.synth.generator as new
+
+    for name in ("INT_ATTRS", "METHODS", "check_generator", "describe", "from_model_space", "to_model_space"):
+        assert getattr(old, name) is getattr(new, name), name
