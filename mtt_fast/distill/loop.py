@@ -43,7 +43,7 @@ from mtt_fast.io import (
 )
 from mtt_fast.memory import format_peak_memory, peak_memory
 from mtt_fast.synth import Synset
-from mtt_fast.synth.params import load_optimizer_state, optimizer_state
+from mtt_fast.optim_state import load_optimizer_state, optimizer_state
 
 
 def _metrics_upto(path: Path, iteration: int) -> None:
