@@ -12,10 +12,8 @@ strategy ``color_crop_cutout_flip_scale_rotate``:
   groups of the per-group medians, i.e. the expected time of one call (each group is drawn
   with probability 1/6); the per-group times are in the JSON.
 
-On the CPU, when the AVX2 copy of the kernels runs (``mtt-fast info``), each round also
-times the fused call on the baseline x86-64 copy (``MTT_FAST_CPU_CAPABILITY=default``):
-``fused_baseline_ms`` / ``speedup_baseline``, what a CPU without AVX2 gets. Mode M rows
-also split one fused call (``breakdown``: host pack, the two ops alone, autograd).
+Mode M rows also split one fused call (``breakdown``: host pack, the two ops alone,
+autograd).
 
 On CUDA the timing uses CUDA events after warm-up, and the forward alone is also timed to
 report the fraction of memory bandwidth it reaches: (bytes of x read + bytes of y written)
@@ -31,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
@@ -45,7 +42,6 @@ from mtt_fast.augment.fused import clear_pack_cache, pack
 from mtt_fast.ops import extension_info
 
 SHAPES = [(256, 3, 32, 32), (100, 1, 28, 28), (32, 3, 224, 224)]
-CAPABILITY_VAR = "MTT_FAST_CPU_CAPABILITY"
 
 
 def _timer(device: str):
@@ -87,23 +83,14 @@ def _repeats(device: str, numel: int) -> int:
     return 41 if numel <= 1_000_000 else 9
 
 
-def _pair(timer, ref_fn, fused_fn, repeats: int, baseline: bool = False) -> tuple[float, ...]:
+def _pair(timer, ref_fn, fused_fn, repeats: int) -> tuple[float, float]:
     """Medians of the reference and the fused call, timed alternately (rounds of 1) so that
-    drift on a shared machine affects both alike. With ``baseline`` (CPU, when the AVX2 copy
-    of the kernels runs), a third time per round: the fused call on the baseline x86-64
-    copy (MTT_FAST_CPU_CAPABILITY=default), what a CPU without AVX2 gets."""
-    ref, fused, base = [], [], []
+    drift on a shared machine affects both alike."""
+    ref, fused = [], []
     for _ in range(repeats):
         ref.append(timer(ref_fn, 1))
         fused.append(timer(fused_fn, 1))
-        if baseline:
-            os.environ[CAPABILITY_VAR] = "default"
-            try:
-                base.append(timer(fused_fn, 1))
-            finally:
-                del os.environ[CAPABILITY_VAR]
-    out = (statistics.median(ref), statistics.median(fused))
-    return out + ((statistics.median(base),) if baseline else ())
+    return statistics.median(ref), statistics.median(fused)
 
 
 def _fwd_bwd(x, params, grad, impl):
@@ -125,8 +112,6 @@ def _fwd_bwd(x, params, grad, impl):
 def bench_device(device: str) -> list[dict]:
     timer = _timer(device)
     groups = parse_strategy(DEFAULT_STRATEGY)
-    # on the CPU, also time the baseline copy of the kernels when the AVX2 one is in use
-    baseline = device == "cpu" and extension_info().get("cpu_capability") == "avx2"
     rows = []
     for shape in SHAPES:
         g = torch.Generator().manual_seed(0)
@@ -137,14 +122,11 @@ def bench_device(device: str) -> list[dict]:
         # mode M: the whole strategy in one call
         pm = sample_params(DSAConfig(mode="M"), shape, torch.Generator().manual_seed(1),
                            device=device)
-        t = _pair(timer, _fwd_bwd(x, pm, grad, "reference"), _fwd_bwd(x, pm, grad, "fused"), reps,
-                  baseline)
-        ref_m, fused_m = t[0], t[1]
+        ref_m, fused_m = _pair(timer, _fwd_bwd(x, pm, grad, "reference"),
+                               _fwd_bwd(x, pm, grad, "fused"), reps)
         row_m = {"device": device, "shape": list(shape), "mode": "M",
                  "reference_ms": ref_m * 1e3, "fused_ms": fused_m * 1e3,
                  "speedup": ref_m / fused_m}
-        if baseline:
-            row_m.update(fused_baseline_ms=t[2] * 1e3, speedup_baseline=ref_m / t[2])
         row_m["breakdown"] = _breakdown(x, pm, grad, timer, reps)
         # mode S: each group on its own; the expected call is the mean over groups
         per_group = {}
@@ -152,19 +134,14 @@ def bench_device(device: str) -> list[dict]:
             ps = sample_params(DSAConfig(strategy=op, mode="S"), shape,
                                torch.Generator().manual_seed(10 + k), device=device)
             t = _pair(timer, _fwd_bwd(x, ps, grad, "reference"), _fwd_bwd(x, ps, grad, "fused"),
-                      reps, baseline)
+                      reps)
             per_group[op] = {"reference_ms": t[0] * 1e3, "fused_ms": t[1] * 1e3,
                              "speedup": t[0] / t[1]}
-            if baseline:
-                per_group[op]["fused_baseline_ms"] = t[2] * 1e3
         ref_s = statistics.mean(v["reference_ms"] for v in per_group.values())
         fused_s = statistics.mean(v["fused_ms"] for v in per_group.values())
         row_s = {"device": device, "shape": list(shape), "mode": "S",
                  "reference_ms": ref_s, "fused_ms": fused_s, "speedup": ref_s / fused_s,
                  "groups": per_group}
-        if baseline:
-            base_s = statistics.mean(v["fused_baseline_ms"] for v in per_group.values())
-            row_s.update(fused_baseline_ms=base_s, speedup_baseline=ref_s / base_s)
         if device == "cuda":
             _bandwidth(x, pm, row_m, timer)
             _bandwidth(x, None, row_s, timer, per_group_shape=shape)
@@ -241,11 +218,8 @@ def main() -> None:
     for dev in devices:
         rows = bench_device(dev)
         hdr = f"{'device':6} {'shape':>16} {'mode':>4} {'reference ms':>13} {'fused ms':>9} {'speedup':>8}"
-        with_base = any("fused_baseline_ms" in r for r in rows)
         if dev == "cuda":
             hdr += f" {'fwd GB/s':>9} {'copy GB/s':>9} {'bw frac':>8}"
-        if with_base:
-            hdr += f" {'baseline ms':>12} {'speedup':>8}"
         print(hdr)
         for r in rows:
             line = (f"{r['device']:6} {'x'.join(map(str, r['shape'])):>16} {r['mode']:>4} "
@@ -253,8 +227,6 @@ def main() -> None:
             if dev == "cuda":
                 line += (f" {r['forward_GBps']:>9.1f} {r['copy_GBps']:>9.1f}"
                          f" {r['bandwidth_fraction']:>8.2f}")
-            if with_base:
-                line += f" {r['fused_baseline_ms']:>12.3f} {r['speedup_baseline']:>8.2f}"
             print(line)
         print("mode M, one fused call (ms): " + "; ".join(
             f"{'x'.join(map(str, r['shape']))}: pack {r['breakdown']['pack_ms']:.3f}, ops "
@@ -267,7 +239,6 @@ def main() -> None:
             "benchmark": "dsa", "device": name, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "commit": commit,
             "extension": extension_info().get("loaded"),
-            "cpu_capability": extension_info().get("cpu_capability") if dev == "cpu" else None,
             "strategy": DEFAULT_STRATEGY,
             "dtype": "float32", "timing": "cuda events" if dev == "cuda" else "perf_counter",
             "rows": rows}, indent=2) + "\n")

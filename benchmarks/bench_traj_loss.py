@@ -44,7 +44,7 @@ def main() -> None:
                 trajectory_loss(x, b, c, impl=impl).backward()
 
             ref = _time(lambda: run("reference"), 20)
-            fused = _time(lambda: run("compiled"), 20)
+            fused = _time(lambda: run("fused"), 20)
             rows.append({"device": dev, "numel": n, "reference_ms": ref * 1e3, "fused_ms": fused * 1e3,
                          "speedup": ref / fused})
     print(f"{'device':6} {'numel':>10} {'reference ms':>13} {'fused ms':>9} {'speedup':>8}")

@@ -71,8 +71,6 @@ def info() -> None:
     dsa_devs = [d for d in ("cpu", "cuda") if fused_available(d, torch.float32)]
     echo("augmentation (DSA): " + (f"fused op on {', '.join(dsa_devs)} (float32/float64; else the reference)"
                                    if dsa_devs else "reference (pure PyTorch)"))
-    if "cpu" in dsa_devs:
-        echo(f"  CPU kernels: {ext.get('cpu_capability')} copy (MTT_FAST_CPU_CAPABILITY=default forces the baseline x86-64 one)")
     from mtt_fast.ops import block as fused_block
 
     blk_devs = [d for d in ("cpu", "cuda") if fused_block.fused_available(d, torch.float32)]

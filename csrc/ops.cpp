@@ -12,10 +12,6 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include <string>
-
-#include "cpu_capability.h"
-
 namespace mtt_fast {
 namespace {
 
@@ -30,17 +26,11 @@ bool built_with_cuda() {
 #endif
 }
 
-// The instruction set the CPU kernels compiled twice run now (csrc/cpu_capability.h).
-std::string cpu_capability_now() { return cpu_capability(); }
-
 }  // namespace
 
 TORCH_LIBRARY(mtt_fast, m) {
   // ---- build information ----------------------------------------------------------
   m.def("built_with_cuda() -> bool", &built_with_cuda);
-  // "avx2" or "default": which copy of the kernels compiled per CPU capability (the fused
-  // DSA's) runs; MTT_FAST_CPU_CAPABILITY=default forces the baseline one.
-  m.def("cpu_capability() -> str", &cpu_capability_now);
 
   // ---- traj_loss: L = ||student - target||^2 / ||start - target||^2 (csrc/traj_loss) --
   // student, target, start: 1-D, same length, dtype (float32 | float64), device,
@@ -54,7 +44,7 @@ TORCH_LIBRARY(mtt_fast, m) {
 
   // ---- dsa: fused differentiable Siamese augmentation (csrc/dsa) --------------------
   // x: images [B, C, H, W], float32 | float64, contiguous. params: [B, 20] of x's dtype,
-  // the packed per-sample parameters (layout in csrc/dsa/dsa.h and mtt_fast/ops/dsa.py:
+  // the packed per-sample parameters (layout defined in csrc/dsa/dsa.h:
   // sampling matrix, color factors, cutout frame and box, noise multiplier). noise: [B, C,
   // H, W] like x, required when flags has the noise bit. flags: batch-wide switches
   // (geometry kind, color placement, cutout, noise). Returns y, shaped like x.

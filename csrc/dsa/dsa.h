@@ -48,13 +48,20 @@
 namespace mtt_fast {
 namespace dsa {
 
-// ---- the packed parameter layout (mirror: mtt_fast/ops/dsa.py) -------------------------
+// ---- the packed parameter layout: its one definition ---------------------------------
+// Every user of the [B, kNumParams] tensor names these (dsa_pack.cpp writes it, load_params
+// reads it); mtt_fast/ops/dsa.py has the same names for Python (IDX_*, and the flags
+// below without the k), and tests/ops/test_dsa_layout.py parses this block and checks
+// that every constant here has its Python twin with the same value.
 constexpr int kA = 0;          // 6 values: a00 a01 a02 a10 a11 a12 (sampling matrix)
 constexpr int kBright = 6;     // brightness offset b
 constexpr int kSat = 7;        // saturation factor s
 constexpr int kContrast = 8;   // contrast factor c
-constexpr int kQ = 9;          // 6 values: output pixel -> cutout frame
-constexpr int kBox = 15;       // 4 values: row0, row1 (exclusive), col0, col1 (exclusive)
+constexpr int kQ = 9;          // 6 values: output pixel -> cutout frame (same form as A)
+constexpr int kBoxRow0 = 15;   // cutout box: rows [row0, row1), columns [col0, col1)
+constexpr int kBoxRow1 = 16;
+constexpr int kBoxCol0 = 17;
+constexpr int kBoxCol1 = 18;
 constexpr int kNoise = 19;     // noise multiplier nu
 constexpr int kNumParams = 20;
 
@@ -64,16 +71,24 @@ constexpr int64_t kGeomIdentity = 0;
 constexpr int64_t kGeomInteger = 1;
 constexpr int64_t kGeomBilinear = 2;
 constexpr int64_t kColorShift = 2;      // bits 2-3: 0 none, 1 after sampling, 2 before
+constexpr int64_t kColorMask = 3;       // (flags >> kColorShift) & kColorMask
 constexpr int64_t kColorNone = 0;
 constexpr int64_t kColorAfter = 1;
 constexpr int64_t kColorBefore = 2;
 constexpr int64_t kFlagCutout = 16;     // bit 4
 constexpr int64_t kFlagNoise = 32;      // bit 5
 constexpr int64_t kFlagsAll = 63;
+// ---- end of the layout ---------------------------------------------------------------
+
+static_assert(kA == 0 && kBright == kA + 6 && kSat == kBright + 1 && kContrast == kSat + 1 &&
+                  kQ == kContrast + 1 && kBoxRow0 == kQ + 6 && kBoxRow1 == kBoxRow0 + 1 &&
+                  kBoxCol0 == kBoxRow1 + 1 && kBoxCol1 == kBoxCol0 + 1 &&
+                  kNoise == kBoxCol1 + 1 && kNumParams == kNoise + 1,
+              "the packed layout: one slot per value, no gaps, no overlaps");
 
 MTT_HOST_DEVICE inline int geom_of(int64_t flags) { return static_cast<int>(flags & kGeomMask); }
 MTT_HOST_DEVICE inline int color_of(int64_t flags) {
-  return static_cast<int>((flags >> kColorShift) & 3);
+  return static_cast<int>((flags >> kColorShift) & kColorMask);
 }
 
 // The per-sample parameters, in the compute type.
@@ -82,7 +97,7 @@ struct SampleParams {
   acc_t a[6];
   acc_t bright, sat, contrast;
   acc_t q[6];
-  acc_t box[4];
+  acc_t box[4];  // row0, row1, col0, col1
   acc_t noise;
 };
 
@@ -94,7 +109,10 @@ MTT_HOST_DEVICE inline SampleParams<acc_t> load_params(const scalar_t* p) {
   s.sat = static_cast<acc_t>(p[kSat]);
   s.contrast = static_cast<acc_t>(p[kContrast]);
   for (int k = 0; k < 6; ++k) s.q[k] = static_cast<acc_t>(p[kQ + k]);
-  for (int k = 0; k < 4; ++k) s.box[k] = static_cast<acc_t>(p[kBox + k]);
+  s.box[0] = static_cast<acc_t>(p[kBoxRow0]);
+  s.box[1] = static_cast<acc_t>(p[kBoxRow1]);
+  s.box[2] = static_cast<acc_t>(p[kBoxCol0]);
+  s.box[3] = static_cast<acc_t>(p[kBoxCol1]);
   s.noise = static_cast<acc_t>(p[kNoise]);
   return s;
 }

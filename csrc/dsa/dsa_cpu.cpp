@@ -5,55 +5,35 @@
 // sampling scattered into that sample's own slice of grad_x: the result is bit-identical
 // for any number of threads. The per-pixel math is dsa.h's (shared with the CUDA twin),
 // computed on blocks of whole rows (about 1024 pixels: all of a small image at once) in
-// forms the compiler vectorizes, per sample kind:
-//   integer maps (flips, crops): row copies;
+// forms the compiler vectorizes. The general form is
+//   any map (rotation, and what the others do not cover): bilinear on a zero-padded copy
+//     of the sample (no validity tests per tap), per pixel of the block, the backward
+//     accumulating into a padded buffer; cutout: dsa.h's cutout_keep per pixel;
+//   color, cutout mask and noise: per pixel of the block;
+// and three specialised forms are kept because each makes the mode "S" call that uses it
+// (the MTT default) much faster on a 2-core x86-64 CPU (fused forward + backward, one
+// thread, 256x3x32x32 and 100x1x28x28; benchmarks/bench_dsa.py's groups):
+//   integer maps (flips, crops): row copies (about 2x faster than the separable form);
 //   axis-aligned bilinear maps (scale, with flips and crops): separable, column taps once
-//     per sample, two input rows per output row;
-//   any other map (rotation): bilinear on a zero-padded copy of the sample (no validity
-//     tests per tap), per pixel of the block, the backward accumulating into a padded
-//     buffer;
-//   cutout: the cut pixels of a row are one interval (monotone coordinates), predicted per
-//     sample and confirmed at its ends with dsa.h's own per-pixel test;
-//   color, cutout mask and noise: per pixel of the block.
+//     per sample, two input rows per output row (1.5-1.7x faster than the general form);
+//   a cutout frame that keeps rows as rows (cutout with no rotation after it): the column
+//     test once per sample and the row test once per row (3-4x faster than per pixel).
 // These forms equal dsa.h's formulas up to float rounding (the weights are factored);
 // tests/ops/test_dsa_op.py holds both twins to the pure-PyTorch spec.
 //
-// The kernels themselves are in dsa_cpu_kernels.h, compiled here twice: for baseline
-// x86-64 and for AVX2 (csrc/cpu_capability.h picks one per call; both give the same bits).
+// The kernels themselves are in dsa_cpu_kernels.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
 #include <optional>
-#include <type_traits>
-#include <vector>
 
-#include "cpu_capability.h"
 #include "dsa/dsa.h"
+#include "dsa/dsa_cpu_kernels.h"
 
 namespace mtt_fast {
 namespace dsa {
 namespace {
-
-// The kernels, once per CPU capability (csrc/cpu_capability.h): baseline x86-64, and
-// AVX2 where the compiler can target it; cpu_capability() picks one per call.
-namespace cpu_default {
-#include "dsa/dsa_cpu_kernels.h"
-}  // namespace cpu_default
-
-#if MTT_FAST_AVX2_CLONES
-#pragma GCC push_options
-#pragma GCC target("avx2")
-namespace cpu_avx2 {
-#include "dsa/dsa_cpu_kernels.h"
-}  // namespace cpu_avx2
-#pragma GCC pop_options
-#endif
 
 void check_common(const char* op, const at::Tensor& x, const at::Tensor& params, int64_t flags,
                   const char* xname) {
@@ -79,13 +59,7 @@ at::Tensor dsa_forward_cpu(const at::Tensor& x, const at::Tensor& params,
     const scalar_t* pp = params.const_data_ptr<scalar_t>();
     const scalar_t* pn = with_noise ? noise->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* py = y.mutable_data_ptr<scalar_t>();
-#if MTT_FAST_AVX2_CLONES
-    if (cpu_uses_avx2()) {
-      cpu_avx2::forward_batch<scalar_t>(px, pp, pn, py, B, C, H, W, flags);
-      return;
-    }
-#endif
-    cpu_default::forward_batch<scalar_t>(px, pp, pn, py, B, C, H, W, flags);
+    cpu::forward_batch<scalar_t>(px, pp, pn, py, B, C, H, W, flags);
   });
   return y;
 }
@@ -100,13 +74,7 @@ at::Tensor dsa_backward_cpu(const at::Tensor& grad_y, const at::Tensor& params, 
     const scalar_t* pg = grad_y.const_data_ptr<scalar_t>();
     const scalar_t* pp = params.const_data_ptr<scalar_t>();
     scalar_t* pgx = gx.mutable_data_ptr<scalar_t>();
-#if MTT_FAST_AVX2_CLONES
-    if (cpu_uses_avx2()) {
-      cpu_avx2::backward_batch<scalar_t>(pg, pp, pgx, B, C, H, W, flags);
-      return;
-    }
-#endif
-    cpu_default::backward_batch<scalar_t>(pg, pp, pgx, B, C, H, W, flags);
+    cpu::backward_batch<scalar_t>(pg, pp, pgx, B, C, H, W, flags);
   });
   return gx;
 }

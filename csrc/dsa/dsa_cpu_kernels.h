@@ -1,12 +1,23 @@
-// The CPU twin's kernels (see dsa_cpu.cpp for what they compute and how), compiled twice
-// by dsa_cpu.cpp: once for baseline x86-64 and once with AVX2 enabled (8-wide vectors
-// instead of SSE2's 4), each copy in its own namespace inside dsa_cpu.cpp's anonymous
-// namespace. No include guard and no #include on purpose: dsa_cpu.cpp includes every
-// header this needs before it, then includes this file once per CPU capability.
-//
-// Neither copy enables FMA: without contraction both compute every value with the same
-// sequence of roundings, so the two give bit-identical results (tests/ops/test_dsa_op.py
-// checks it on this machine's CPU).
+// The CPU twin's kernels (see dsa_cpu.cpp for what they compute and how); included by
+// dsa_cpu.cpp only. Compiled for the build's baseline instruction set, without FMA
+// contraction, so every value goes through dsa.h's sequence of roundings.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "dsa/dsa.h"
+
+namespace mtt_fast {
+namespace dsa {
+namespace cpu {
 
 // Sum of n values in double, with four independent accumulators (a fixed order: the
 // result does not depend on the thread count).
@@ -261,117 +272,6 @@ void scatter_padded_block(acc_t* p, const int32_t* __restrict__ off, const acc_t
   }
 }
 
-// Per sample: what keep_row needs that does not depend on the row.
-struct CutPlan {
-  double inv_slope[2];  // 1 / q0, 1 / q3 (0 where the slope is 0)
-  double err[2];        // the rounding bound of each coordinate, in pixels of j
-  bool exact_all;       // no usable prediction: test every pixel of a row
-  int64_t i0, i1;       // rows outside [i0, i1) hold no cut pixel
-};
-
-template <typename acc_t>
-CutPlan cut_plan(const SampleParams<acc_t>& P, int64_t H, int64_t W) {
-  CutPlan c{{0.0, 0.0}, {0.0, 0.0}, false, 0, H};
-  const double eps = static_cast<double>(std::numeric_limits<acc_t>::epsilon());
-  const double q[6] = {P.q[0], P.q[1], P.q[2], P.q[3], P.q[4], P.q[5]};
-  const double box[4] = {P.box[0], P.box[1], P.box[2], P.box[3]};
-  for (double v : q) c.exact_all = c.exact_all || !std::isfinite(v);
-  for (double v : box) c.exact_all = c.exact_all || !std::isfinite(v);
-  if (c.exact_all) return c;
-  const double hd = static_cast<double>(H), wd = static_cast<double>(W);
-  for (int k = 0; k < 2; ++k) {  // k = 0: column (q0 j + q1 i + q2), 1: row (q3, q4, q5)
-    const double sk = q[3 * k], ik = q[3 * k + 1], ck = q[3 * k + 2];
-    const double lo = box[2 - 2 * k], hi = box[3 - 2 * k];
-    if (sk == 0.0) continue;
-    c.inv_slope[k] = 1.0 / sk;
-    c.err[k] = 16.0 * eps *
-               (std::abs(sk) * wd + std::abs(ik) * hd + std::abs(ck) + std::abs(lo) + std::abs(hi) + 1.0) /
-               std::abs(sk);
-    c.exact_all = c.exact_all || !(c.err[k] < 2.0 * wd);
-  }
-  // the rows the box reaches: its corners (in Q's frame, where a pixel is cut) mapped back
-  // through Q^-1, widened by two rows and the rounding of q carried through Q^-1
-  const double det = q[0] * q[4] - q[1] * q[3];
-  if (std::abs(det) > 1e-3) {
-    double lo_i = 1e300, hi_i = -1e300;
-    for (int a = 0; a < 2; ++a) {
-      for (int b = 0; b < 2; ++b) {
-        const double cc = box[2 + a] - 0.5 - q[2], rr = box[b] - 0.5 - q[5];
-        const double i = (q[0] * rr - q[3] * cc) / det;  // Q [j, i] = [cc, rr]
-        lo_i = std::min(lo_i, i);
-        hi_i = std::max(hi_i, i);
-      }
-    }
-    const double slack = 2.0 + 64.0 * eps * (std::abs(q[0]) + std::abs(q[3])) *
-                                   (std::abs(box[0]) + std::abs(box[1]) + std::abs(box[2]) +
-                                    std::abs(box[3]) + std::abs(q[2]) + std::abs(q[5]) + wd + hd) /
-                                   std::abs(det);
-    if (std::isfinite(lo_i) && std::isfinite(hi_i) && slack < hd) {
-      c.i0 = std::max<int64_t>(0, static_cast<int64_t>(std::floor(lo_i - slack)));
-      c.i1 = std::min<int64_t>(H, static_cast<int64_t>(std::ceil(hi_i + slack)) + 1);
-      if (c.i1 < c.i0) c.i1 = c.i0;
-    }
-  }
-  return c;
-}
-
-// keep[j] for row i (false, keep untouched: no pixel of the row is cut), from cutout_keep
-// (dsa.h): pixel j is cut iff, for both coordinates
-// q(j) = s j + t of the point Q (i, j), box_lo - 1/2 <= q(j) < box_hi - 1/2 (what the
-// rounding in cutout_keep amounts to). q(j) as computed in acc_t is monotone in j (each
-// rounded operation is), so the cut pixels form one interval of j (for s = 0 the condition
-// is the same for every j and is decided exactly). Its ends are predicted in double to
-// within `err` (a bound on the rounding of q, in pixels of j), and found exactly with
-// cutout_keep itself by testing inward from just outside the prediction (a nearly flat q,
-// |s| tiny, makes that a test of the whole row). The interval property is what the
-// larger-image tests in tests/ops/test_dsa_op.py check against the spec.
-template <typename acc_t>
-bool keep_row(const SampleParams<acc_t>& P, const CutPlan& plan, int64_t i, int64_t W, acc_t* keep) {
-  if (i < plan.i0 || i >= plan.i1) return false;
-  const acc_t fi = static_cast<acc_t>(i);
-  if (plan.exact_all) {
-    bool any = false;
-    for (int64_t j = 0; j < W; ++j) {
-      const bool k = cutout_keep<acc_t>(P, true, i, j);
-      keep[j] = k ? acc_t(1) : acc_t(0);
-      any = any || !k;
-    }
-    return any;
-  }
-  double lo = -4.0, hi = static_cast<double>(W) + 4.0, err = 0.0;
-  // (slope, offset, box_lo, box_hi) of the column and the row coordinate
-  const acc_t slope[2] = {P.q[0], P.q[3]};
-  const acc_t offset[2] = {P.q[1] * fi + P.q[2], P.q[4] * fi + P.q[5]};
-  const acc_t blo[2] = {P.box[2], P.box[0]};
-  const acc_t bhi[2] = {P.box[3], P.box[1]};
-  for (int k = 0; k < 2; ++k) {
-    if (slope[k] == acc_t(0)) {  // the same coordinate for the whole row: decide it exactly
-      const acc_t r = static_cast<acc_t>(round_to_int<acc_t>(offset[k]));
-      if (r < blo[k] || r >= bhi[k]) return false;
-      continue;
-    }
-    const double ok = static_cast<double>(offset[k]);
-    const double t1 = (static_cast<double>(blo[k]) - 0.5 - ok) * plan.inv_slope[k];
-    const double t2 = (static_cast<double>(bhi[k]) - 0.5 - ok) * plan.inv_slope[k];
-    lo = std::max(lo, std::min(t1, t2));
-    hi = std::min(hi, std::max(t1, t2));
-    err = std::max(err, plan.err[k]);
-  }
-  if (hi < lo - 2.0 * err - 8.0) return false;  // no pixel of this row is cut
-  // every cut pixel lies in [j0, j1); the cut pixels are one interval, so its first and
-  // last are found by testing upward from j0 and downward from j1 - 1
-  const int64_t j0 = std::max<int64_t>(0, static_cast<int64_t>(std::floor(lo - err)) - 2);
-  const int64_t j1 = std::min<int64_t>(W, static_cast<int64_t>(std::ceil(hi + err)) + 3);
-  int64_t first = j0;
-  while (first < j1 && cutout_keep<acc_t>(P, true, i, first)) ++first;
-  if (first >= j1) return false;  // none (also when the prediction lies beyond the frame)
-  int64_t last = j1 - 1;
-  while (last > first && cutout_keep<acc_t>(P, true, i, last)) --last;
-  std::fill(keep, keep + W, acc_t(1));
-  std::fill(keep + first, keep + last + 1, acc_t(0));
-  return true;
-}
-
 // The cutout frame Q keeps rows as rows (flips, crops and scales after cutout, or none):
 // then cutout_keep(i, j) = !(row i in the box && column j in the box) exactly (the other
 // coordinate's term is a zero product), so the column test is done once per sample.
@@ -389,33 +289,35 @@ void column_keep(const SampleParams<acc_t>& P, int64_t W, Scratch<acc_t>& s) {
   }
 }
 
-// The keep mask of the block of rows [i0, i1) (nullptr: every pixel kept), with
-// column_keep done beforehand when `sep` (separable_cutout).
+// The keep mask of the block of rows [i0, i1) (nullptr: no pixel of the block is cut):
+// cutout_keep (dsa.h) per pixel, or, when `sep` (separable_cutout), its column test done
+// once per sample by column_keep and its row test once per row.
 template <typename acc_t>
-const acc_t* block_keep(const SampleParams<acc_t>& P, bool sep, const CutPlan& plan, int64_t i0,
-                        int64_t i1, int64_t W, Scratch<acc_t>& s) {
+const acc_t* block_keep(const SampleParams<acc_t>& P, bool sep, int64_t i0, int64_t i1, int64_t W,
+                        Scratch<acc_t>& s) {
   acc_t* out = s.keep.data();
-  int64_t first = i1;  // the first row with a cut pixel
+  bool any = false;
   for (int64_t i = i0; i < i1; ++i) {
     acc_t* row = out + (i - i0) * W;
-    bool cut;
     if (sep) {
       const acc_t r = static_cast<acc_t>(
           round_to_int<acc_t>(P.q[3] * acc_t(0) + P.q[4] * static_cast<acc_t>(i) + P.q[5]));
-      cut = r >= P.box[0] && r < P.box[1];
-      if (cut) std::copy(s.colkeep.begin(), s.colkeep.begin() + W, row);
+      const bool cut = r >= P.box[0] && r < P.box[1];
+      if (cut) {
+        std::copy(s.colkeep.begin(), s.colkeep.begin() + W, row);
+      } else {
+        std::fill(row, row + W, acc_t(1));
+      }
+      any = any || cut;
     } else {
-      cut = keep_row<acc_t>(P, plan, i, W, row);
-    }
-    if (cut) {
-      first = std::min(first, i);
-    } else if (first < i1) {
-      std::fill(row, row + W, acc_t(1));
+      for (int64_t j = 0; j < W; ++j) {
+        const bool k = cutout_keep<acc_t>(P, true, i, j);
+        row[j] = k ? acc_t(1) : acc_t(0);
+        any = any || !k;
+      }
     }
   }
-  if (first == i1) return nullptr;
-  std::fill(out, out + (first - i0) * W, acc_t(1));
-  return out;
+  return any ? out : nullptr;
 }
 
 // y of every channel over the n pixels of a block = (scale v + chan cm + cst kappa) * keep
@@ -586,7 +488,6 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
   if (geom != kGeomIdentity && !sep) pad_sample<scalar_t, acc_t>(x, C, H, W, s);
   const bool sep_cut = cutout && separable_cutout<acc_t>(P);
   if (sep_cut) column_keep<acc_t>(P, W, s);
-  const CutPlan plan = cutout && !sep_cut ? cut_plan<acc_t>(P, H, W) : CutPlan{};
 
   double mu = 0.0;
   if (color == kColorBefore) {
@@ -612,7 +513,7 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
       }
       continue;
     }
-    const acc_t* keep = cutout ? block_keep<acc_t>(P, sep_cut, plan, i0, i1, W, s) : nullptr;
+    const acc_t* keep = cutout ? block_keep<acc_t>(P, sep_cut, i0, i1, W, s) : nullptr;
     finish_block<scalar_t, acc_t>(v, y + base, noise != nullptr ? noise + base : nullptr, C, HW,
                                   n, color, k, kappa, keep, P.noise, s.aux.data());
   }
@@ -622,7 +523,7 @@ void forward_sample(const scalar_t* x, const scalar_t* prm, const scalar_t* nois
   k = color_coefs<acc_t>(P, color, static_cast<acc_t>(sum_v / static_cast<double>(N)));
   for (int64_t i0 = 0; i0 < H; i0 += s.rows) {
     const int64_t i1 = std::min(H, i0 + s.rows), n = (i1 - i0) * W, base = i0 * W;
-    const acc_t* keep = cutout ? block_keep<acc_t>(P, sep_cut, plan, i0, i1, W, s) : nullptr;
+    const acc_t* keep = cutout ? block_keep<acc_t>(P, sep_cut, i0, i1, W, s) : nullptr;
     const scalar_t* v = (geom == kGeomIdentity ? x : y) + base;
     finish_block<scalar_t, acc_t>(v, y + base, noise != nullptr ? noise + base : nullptr, C, HW,
                                   n, color, k, nullptr, keep, P.noise, s.aux.data());
@@ -655,7 +556,6 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
   if (kind == 3) s.pad.assign(static_cast<size_t>(C * PP), acc_t(0));  // accumulates there
   const bool sep_cut = cutout && separable_cutout<acc_t>(P);
   if (sep_cut) column_keep<acc_t>(P, W, s);
-  const CutPlan plan = cutout && !sep_cut ? cut_plan<acc_t>(P, H, W) : CutPlan{};
   acc_t* sum_h = s.aux.data();
 
   // color "after": S = sum of keep * g over the sample, before anything else
@@ -665,7 +565,7 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
     if (cutout) {
       for (int64_t i0 = 0; i0 < H; i0 += s.rows) {
         const int64_t i1 = std::min(H, i0 + s.rows), n = (i1 - i0) * W, base = i0 * W;
-        const acc_t* keep = block_keep<acc_t>(P, sep_cut, plan, i0, i1, W, s);
+        const acc_t* keep = block_keep<acc_t>(P, sep_cut, i0, i1, W, s);
         if (keep == nullptr) {
           for (int64_t c = 0; c < C; ++c) S += sum_values<scalar_t>(g + c * HW + base, n);
           continue;
@@ -682,12 +582,9 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
     }
     uniform_terms<acc_t>(P, color, S, N, in_v, in_x);
   }
-  // gx starts at zero, except for a flip or the identity as an integer map: every input
-  // pixel is then written exactly once below
-  const bool covers = kind == 1 && P.a[4] == acc_t(1) && P.a[5] == acc_t(0) &&
-                      ((P.a[0] == acc_t(1) && P.a[2] == acc_t(0)) ||
-                       (P.a[0] == acc_t(-1) && P.a[2] == static_cast<acc_t>(W - 1)));
-  if ((kind == 1 && !covers) || kind == 2) std::fill(gx, gx + N, scalar_t(0));
+  // gx starts at zero where the sampling scatters into it (the integer map writes each input
+  // pixel it reads; the others are 0)
+  if (kind == 1 || kind == 2) std::fill(gx, gx + N, scalar_t(0));
   double S_before = 0.0;
   for (int64_t i0 = 0; i0 < H; i0 += s.rows) {
     const int64_t i1 = std::min(H, i0 + s.rows), n = (i1 - i0) * W, base = i0 * W;
@@ -704,7 +601,7 @@ void backward_sample(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64
       bilinear_block<acc_t>(P, i0, n, H32, W32, color == kColorBefore, s);
       kappa = s.kappa.data();
     }
-    const acc_t* keep = cutout ? block_keep<acc_t>(P, sep_cut, plan, i0, i1, W, s) : nullptr;
+    const acc_t* keep = cutout ? block_keep<acc_t>(P, sep_cut, i0, i1, W, s) : nullptr;
     // gv = grad_v(h) with h = keep * g (keep == nullptr: every pixel kept)
     if (color != kColorNone) {
       for (int64_t e = 0; e < n; ++e) sum_h[e] = acc_t(0);
@@ -800,3 +697,7 @@ void backward_batch(const scalar_t* g, const scalar_t* prm, scalar_t* gx, int64_
     }
   });
 }
+
+}  // namespace cpu
+}  // namespace dsa
+}  // namespace mtt_fast

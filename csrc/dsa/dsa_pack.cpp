@@ -170,10 +170,10 @@ at::Tensor dsa_pack(at::IntArrayRef ops, at::IntArrayRef shape,
         for (int k = 0; k < 6; ++k) row[kQ + k] = q.m[k];
         const double r0 = center[2 * b] - std::floor(size[0] / 2.0);
         const double c0 = center[2 * b + 1] - std::floor(size[1] / 2.0);
-        row[kBox + 0] = r0;
-        row[kBox + 1] = r0 + size[0];
-        row[kBox + 2] = c0;
-        row[kBox + 3] = c0 + size[1];
+        row[kBoxRow0] = r0;
+        row[kBoxRow1] = r0 + size[0];
+        row[kBoxCol0] = c0;
+        row[kBoxCol1] = c0 + size[1];
       }
       if (has(kOpNoise)) row[kNoise] = 1.0;
       for (int k = 0; k < kNumParams; ++k) po[b * kNumParams + k] = static_cast<scalar_t>(row[k]);

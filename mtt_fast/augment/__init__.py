@@ -11,8 +11,10 @@ an augmentation can be replayed exactly and applied identically to several batch
     y = apply(x, params)                               # same params -> same transform
     y, params = augment(x, cfg, g)                     # sample + apply
 
-``mtt_fast.augment.functional`` holds one function per op group (the spec a fused op must
-match); ``mtt_fast.augment.sampling`` documents the exact draw order.
+``mtt_fast.augment.functional`` holds one function per op group (the augmentation as MTT
+defines it, which ``impl="reference"`` runs and the fused path reproduces in mode "S"; the
+spec of the compiled op itself is ``mtt_fast.ops.reference.dsa``);
+``mtt_fast.augment.sampling`` documents the exact draw order.
 """
 
 from mtt_fast.augment.config import DEFAULT_STRATEGY, OP_GROUPS, DSAConfig, parse_strategy

@@ -24,11 +24,9 @@ from mtt_fast.augment.fused import apply_fused
 from mtt_fast.augment.sampling import AugParams, sample_params
 from mtt_fast.errors import UserError
 from mtt_fast.ops.dsa import fused_available, unavailable_reason
+from mtt_fast.ops.impl import IMPLS, resolve_impl
 
 __all__ = ["IMPLS", "FusedDSAUnavailable", "apply", "apply_reference", "augment", "uses_fused"]
-
-#: Accepted values of ``impl``.
-IMPLS = ("reference", "auto", "fused")
 
 
 class FusedDSAUnavailable(UserError, NotImplementedError):
@@ -74,6 +72,7 @@ def apply(x: Tensor, params: AugParams, impl: str = "reference") -> Tensor:
             float32/float64, else the reference). In mode "S" both agree to float
             rounding; in mode "M" the fused op samples once through the composed
             geometry (see :mod:`mtt_fast.augment.fused` for the exact differences).
+            ``"compiled"`` is accepted as an alias of ``"fused"`` (:mod:`mtt_fast.ops.impl`).
 
     Returns:
         The augmented images, same shape and dtype as ``x``.
@@ -83,8 +82,7 @@ def apply(x: Tensor, params: AugParams, impl: str = "reference") -> Tensor:
             the compiled op cannot run (not built, no kernel for the device, dtype).
         ValueError: ``x`` does not have the shape the parameters were drawn for.
     """
-    if impl not in IMPLS:
-        raise UserError(f"DSA impl must be one of {', '.join(IMPLS)} (got {impl!r})")
+    impl = resolve_impl(impl, "DSA", error=UserError)
     if impl == "fused" and not fused_available(x.device, x.dtype):
         raise FusedDSAUnavailable(
             f"DSA impl 'fused' is not available: {unavailable_reason(x.device, x.dtype)}; "
@@ -114,6 +112,7 @@ def augment(
     """
     dtype = x.dtype if x.is_floating_point() else torch.float32
     # the fused op packs its parameters on the host: sample them there (same values)
+    impl = resolve_impl(impl, "DSA", error=UserError)
     where = "cpu" if uses_fused(x, impl) else x.device
     params = sample_params(cfg, tuple(x.shape), generator, device=where, dtype=dtype)
     return apply(x, params, impl=impl), params
@@ -121,4 +120,5 @@ def augment(
 
 def uses_fused(x: Tensor, impl: str) -> bool:
     """Whether :func:`apply` with ``impl`` takes the fused op for images like ``x``."""
+    impl = resolve_impl(impl, "DSA", error=UserError)
     return impl == "fused" or (impl == "auto" and x.is_floating_point() and fused_available(x.device, x.dtype))

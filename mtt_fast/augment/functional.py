@@ -1,7 +1,11 @@
 """The DSA ops as pure, differentiable functions of an image batch and parameter tensors.
 
-This file is the SPEC the fused C++/CUDA op must reproduce. Nothing here draws random
-numbers: every random choice was made by :func:`mtt_fast.augment.sample_params` and is
+These are the augmentation itself, one function per op group, as MTT defines it: what
+``apply(..., impl="reference")`` runs, group after group. They are not the spec of the
+compiled DSA op: that is :func:`mtt_fast.ops.reference.dsa`, a function of the packed
+parameters. The fused path packs a call (:mod:`mtt_fast.augment.fused`) and reproduces
+these functions exactly in mode "S" (to float rounding); tests/augment holds it to them.
+Nothing here draws random numbers: every random choice was made by :func:`mtt_fast.augment.sample_params` and is
 passed in as a tensor. Every function takes ``x`` of shape ``[B, C, H, W]`` and returns a
 tensor of the same shape, differentiable (twice) with respect to ``x``.
 

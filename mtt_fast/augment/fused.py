@@ -3,7 +3,8 @@
 The fused op (:mod:`mtt_fast.ops.dsa`, csrc/dsa) evaluates a whole DSA call in one pass:
 for each output pixel, ONE sample of the input through a composed per-sample matrix, then
 color, cutout and noise in registers. :func:`pack` turns sampled parameters into its
-``[B, 20]`` parameter tensor and ``flags``.
+``[B, NUM_PARAMS]`` parameter tensor (layout: csrc/dsa/dsa.h, named in
+:mod:`mtt_fast.ops.dsa_layout`) and ``flags``.
 
 Geometry. Every geometric op is a map from output pixel coordinates to input pixel
 coordinates: flip ``j -> W - 1 - j``; crop ``(i, j) -> (i + dy, j + dx)``; scale and
@@ -64,6 +65,7 @@ from torch import Tensor
 
 from mtt_fast.augment.sampling import AugParams
 from mtt_fast.ops import dsa as dsa_op
+from mtt_fast.ops import dsa_layout as layout
 
 __all__ = ["GEOMETRIC_OPS", "OP_CODES", "apply_fused", "pack", "pack_reference"]
 
@@ -127,8 +129,8 @@ def pack(
     """The fused op's inputs for sampled parameters, cached per ``(p, dtype, device)``.
 
     Packing runs on the host (``torch.ops.mtt_fast.dsa_pack``, one call): keep ``p`` on the
-    CPU (sample it there) so only the ``[B, 20]`` result is copied to the device. See
-    :func:`pack_reference` (the spec) for the arguments and the result.
+    CPU (sample it there) so only the ``[B, NUM_PARAMS]`` result is copied to the device.
+    See :func:`pack_reference` (its pure-PyTorch reference) for the arguments and the result.
     """
     key = (dtype, device)
     per_params = _PACKED.get(p)
@@ -147,17 +149,17 @@ def _flags_of(ops: tuple[str, ...]) -> int:
     precedes every geometric op, else "after"; the cutout and noise bits. Both packers use it."""
     geo = [op for op in ops if op in GEOMETRIC_OPS]
     if not geo:
-        geom = dsa_op.GEOM_IDENTITY
+        geom = layout.GEOM_IDENTITY
     elif "scale" in geo or "rotate" in geo:
-        geom = dsa_op.GEOM_BILINEAR
+        geom = layout.GEOM_BILINEAR
     else:
-        geom = dsa_op.GEOM_INTEGER
-    color = dsa_op.COLOR_NONE
+        geom = layout.GEOM_INTEGER
+    color = layout.COLOR_NONE
     if "color" in ops:
         pos = ops.index("color")
         before = bool(geo) and all(ops.index(op) > pos for op in geo)
-        color = dsa_op.COLOR_BEFORE if before else dsa_op.COLOR_AFTER
-    return dsa_op.make_flags(geom, color, "cutout" in ops, "noise" in ops)
+        color = layout.COLOR_BEFORE if before else layout.COLOR_AFTER
+    return layout.make_flags(geom, color, "cutout" in ops, "noise" in ops)
 
 
 @functools.lru_cache(maxsize=256)
@@ -191,8 +193,8 @@ def _pack_compiled(
 def pack_reference(
     p: AugParams, dtype: torch.dtype, device: torch.device | str
 ) -> tuple[Tensor, Tensor | None, int]:
-    """The fused op's inputs for sampled parameters, in float64 torch ops: the spec of
-    ``torch.ops.mtt_fast.dsa_pack`` (which :func:`pack` uses).
+    """The fused op's inputs for sampled parameters, in float64 torch ops: the reference
+    ``torch.ops.mtt_fast.dsa_pack`` (which :func:`pack` uses) is tested against.
 
     Args:
         p: parameters from :func:`mtt_fast.augment.sample_params` (any device).
@@ -200,7 +202,7 @@ def pack_reference(
         device: the images' device.
 
     Returns:
-        ``(params, noise, flags)``: ``params`` ``[B, 20]`` (layout in
+        ``(params, noise, flags)``: ``params`` ``[B, NUM_PARAMS]`` (layout in
         :mod:`mtt_fast.ops.dsa`), ``noise`` ``[B, C, H, W]`` or None, and the int flags.
     """
     device = torch.device(device)
@@ -208,44 +210,41 @@ def pack_reference(
     ops = p.ops
     work = p.device if p.device is not None else device
     k = _constants(h, w, work)
-    zeros = torch.zeros(b, 1, dtype=torch.float64, device=work)
+    # float64, every slot 0 unless an op group fills it (the layout: mtt_fast.ops.dsa_layout)
+    rows = torch.zeros(b, layout.NUM_PARAMS, dtype=torch.float64, device=work)
 
     geo = [op for op in ops if op in GEOMETRIC_OPS]
     mats = {op: _op_matrix(op, p, k) for op in geo}
     a = None
     for op in geo:
         a = mats[op] if a is None else a @ mats[op]
-    a_cols = k["eye"][:2].reshape(1, 6).expand(b, 6) if a is None else a[:, :2, :].reshape(b, 6)
+    rows[:, layout.IDX_A:layout.IDX_A + 6] = k["eye"][:2].reshape(1, 6) if a is None else a[:, :2, :].reshape(b, 6)
 
-    color_cols = zeros.expand(b, 3)
     if "color" in ops:
-        color_cols = torch.cat(
-            [t.to(work, torch.float64).reshape(b, 1) for t in (p.brightness, p.saturation,
-                                                                p.contrast)],
-            1,
-        )
+        for idx, t in ((layout.IDX_BRIGHT, p.brightness), (layout.IDX_SAT, p.saturation),
+                       (layout.IDX_CONTRAST, p.contrast)):
+            rows[:, idx] = t.to(work, torch.float64).reshape(b)
 
-    q_cols, box_cols = zeros.expand(b, 6), zeros.expand(b, 4)
     if "cutout" in ops:
         pos = ops.index("cutout")
         q = None
         for op in geo:
             if ops.index(op) > pos:
                 q = mats[op] if q is None else q @ mats[op]
-        q_cols = (k["eye"] if q is None else q)[..., :2, :].reshape(-1, 6).expand(b, 6)
+        rows[:, layout.IDX_Q:layout.IDX_Q + 6] = (k["eye"] if q is None else q)[..., :2, :].reshape(-1, 6)
         center = p.cutout_center.to(work).reshape(b, 2)
         size = torch.as_tensor(p.cutout_size, device=work).reshape(1, 2)
         start = (center - torch.div(size, 2, rounding_mode="floor")).to(torch.float64)
         end = start + size.to(torch.float64)
-        box_cols = torch.stack([start[:, 0], end[:, 0], start[:, 1], end[:, 1]], 1)
+        rows[:, layout.IDX_BOX_ROW0], rows[:, layout.IDX_BOX_ROW1] = start[:, 0], end[:, 0]
+        rows[:, layout.IDX_BOX_COL0], rows[:, layout.IDX_BOX_COL1] = start[:, 1], end[:, 1]
 
     noise = None
-    noise_col = zeros
     if "noise" in ops:
-        noise_col = zeros + 1.0
+        rows[:, layout.IDX_NOISE] = 1.0
         noise = p.noise.to(device=device, dtype=dtype)
 
-    packed = torch.cat([a_cols, color_cols, q_cols, box_cols, noise_col], 1).to(dtype)
+    packed = rows.to(dtype)
     if packed.device != device:
         if device.type == "cuda" and packed.device.type == "cpu":
             packed = packed.pin_memory().to(device, non_blocking=True)

@@ -9,7 +9,9 @@
   :class:`mtt_fast.models.ConvNet` uses it (``block_impl=``).
 * :func:`extension_loaded` / :func:`extension_info`: whether ``mtt_fast._C`` is live,
   and what it holds (``mtt-fast info`` prints this).
-* :mod:`mtt_fast.ops.reference`: the pure-PyTorch reference of every op (the spec).
+* :mod:`mtt_fast.ops.reference`: the pure-PyTorch reference of every op (the spec of each
+  op family); :mod:`mtt_fast.ops.dsa_layout`: the Python names of the DSA op's packed
+  parameter layout, defined in csrc/dsa/dsa.h.
 
 The ops themselves live in ``torch.ops.mtt_fast`` once ``mtt_fast._C`` is loaded:
 ``traj_loss(student, target, start) -> Tensor``,
@@ -48,9 +50,7 @@ def extension_info() -> dict[str, Any]:
         (the loaded .so, else None), ``built_with_cuda`` (bool), ``ops`` (the library's
         op names, ``"mtt_fast::..."``), ``kernels`` (op name -> device types with a
         compiled kernel, for ops that take tensors), ``torch_version``, ``torch_cuda``
-        (torch.version.cuda), ``cuda_available`` and ``cpu_capability`` (which copy of the
-        CPU kernels compiled per instruction set runs: ``"avx2"`` or ``"default"``; None
-        when the extension is not loaded or predates the op).
+        (torch.version.cuda) and ``cuda_available``.
     """
     loaded = _load.loaded()
     ops = _load.op_names()
@@ -69,6 +69,4 @@ def extension_info() -> dict[str, Any]:
         "torch_version": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
-        "cpu_capability": (str(torch.ops.mtt_fast.cpu_capability())
-                           if "mtt_fast::cpu_capability" in ops else None),
     }

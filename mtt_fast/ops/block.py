@@ -29,10 +29,10 @@ import torch
 from torch import Tensor
 
 from mtt_fast.ops import _load, reference
+from mtt_fast.ops.impl import IMPLS, resolve_impl
 
 __all__ = ["COMPILED_DEVICES", "IMPLS", "convblock", "fused_available"]
 
-IMPLS = ("auto", "fused", "reference")
 _COMPILED_DTYPES = (torch.float32, torch.float64)
 
 
@@ -172,13 +172,13 @@ def convblock(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, impl: 
         weight, bias: ``[C]``.
         eps: the norm's epsilon.
         impl: ``"auto"`` (fused when :func:`fused_available`, else the reference),
-            ``"fused"`` (RuntimeError when unavailable) or ``"reference"``.
+            ``"fused"`` (RuntimeError when unavailable) or ``"reference"``
+            (:mod:`mtt_fast.ops.impl`; ``"compiled"`` is an alias of ``"fused"``).
 
     Returns:
         ``[B, C, H // 2, W // 2]``.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"convblock: impl must be one of {IMPLS}, got {impl!r}")
+    impl = resolve_impl(impl, "convblock")
     if impl == "reference":
         return reference.convblock(x, weight, bias, eps)
     usable = fused_available(x.device, x.dtype) and weight.dtype == x.dtype and bias.dtype == x.dtype

@@ -13,26 +13,29 @@ is ``dsa_backward``, and that of ``dsa_backward`` is ``dsa_forward`` of the line
 :class:`mtt_fast.augment.AugParams`; :mod:`mtt_fast.augment.fused` packs those into the
 layout below (with ``torch.ops.mtt_fast.dsa_pack``, on the host).
 
-Packed per-sample parameters (``params[b, :]``, x's dtype; mirror of csrc/dsa/dsa.h):
+Packed per-sample parameters (``params[b, :]``, x's dtype). The layout is defined once, in
+csrc/dsa/dsa.h; :mod:`mtt_fast.ops.dsa_layout` holds its Python names (``IDX_BOX_ROW0`` is
+the header's ``kBoxRow0``), which tests/ops/test_dsa_layout.py checks against the header:
 
-==========  =======  ===================================================================
-index       name     meaning
-==========  =======  ===================================================================
-0..5        A        output pixel (col j, row i) -> input pixel:
-                     ``col = A0 j + A1 i + A2``, ``row = A3 j + A4 i + A5``
-6           b        brightness offset
-7           s        saturation factor (about the per-pixel channel mean)
-8           c        contrast factor (about the per-sample mean)
-9..14       Q        output pixel -> the frame the cutout box lives in (same form as A)
-15..18      box      cutout box: row0, row1 (exclusive), col0, col1 (exclusive)
-19          nu       noise multiplier (y += nu * noise)
-==========  =======  ===================================================================
+================  ===================================================================
+index             meaning
+================  ===================================================================
+IDX_A (6 values)  output pixel (col j, row i) -> input pixel:
+                  ``col = A0 j + A1 i + A2``, ``row = A3 j + A4 i + A5``
+IDX_BRIGHT        brightness offset b
+IDX_SAT           saturation factor s (about the per-pixel channel mean)
+IDX_CONTRAST      contrast factor c (about the per-sample mean)
+IDX_Q (6 values)  output pixel -> the frame the cutout box lives in (same form as A)
+IDX_BOX_ROW0 ..   cutout box: rows [ROW0, ROW1), columns [COL0, COL1) (exclusive ends)
+IDX_BOX_COL1
+IDX_NOISE         noise multiplier nu (y += nu * noise)
+================  ===================================================================
 
-``flags`` (an int, the same for the whole batch): bits 0-1 the geometry (0 identity, 1
-integer map: flips and integer crops, 2 bilinear), bits 2-3 the color placement (0 none,
-1 after the sampling: the contrast mean is that of the sampled image; 2 before it: the
-contrast mean is that of ``x`` and the constant term is weighted by the coverage), bit 4
-cutout, bit 5 noise.
+``flags`` (an int, the same for the whole batch; ``dsa_layout.make_flags`` builds it): bits
+0-1 the geometry (0 identity, 1 integer map: flips and integer crops, 2 bilinear), bits 2-3
+the color placement (0 none, 1 after the sampling: the contrast mean is that of the sampled
+image; 2 before it: the contrast mean is that of ``x`` and the constant term is weighted by
+the coverage), bit 4 cutout, bit 5 noise.
 """
 
 from __future__ import annotations
@@ -41,48 +44,11 @@ import torch
 from torch import Tensor
 
 from mtt_fast.ops import _load
+from mtt_fast.ops.dsa_layout import NUM_PARAMS
 
-__all__ = [
-    "COMPILED_DEVICES",
-    "FLAG_CUTOUT",
-    "FLAG_NOISE",
-    "NUM_PARAMS",
-    "dsa_fused",
-    "fused_available",
-    "unavailable_reason",
-]
-
-# ---- layout (mirror of csrc/dsa/dsa.h) --------------------------------------------------
-IDX_A = 0
-IDX_BRIGHT = 6
-IDX_SAT = 7
-IDX_CONTRAST = 8
-IDX_Q = 9
-IDX_BOX = 15
-IDX_NOISE = 19
-NUM_PARAMS = 20
-
-GEOM_IDENTITY = 0
-GEOM_INTEGER = 1
-GEOM_BILINEAR = 2
-COLOR_SHIFT = 2
-COLOR_NONE = 0
-COLOR_AFTER = 1
-COLOR_BEFORE = 2
-FLAG_CUTOUT = 16
-FLAG_NOISE = 32
+__all__ = ["COMPILED_DEVICES", "dsa_fused", "fused_available", "unavailable_reason"]
 
 _DTYPES = (torch.float32, torch.float64)
-
-
-def make_flags(geom: int, color: int, cutout: bool, noise: bool) -> int:
-    """The ``flags`` int of the op from its four switches."""
-    return (
-        int(geom)
-        | (int(color) << COLOR_SHIFT)
-        | (FLAG_CUTOUT if cutout else 0)
-        | (FLAG_NOISE if noise else 0)
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -151,8 +117,9 @@ def dsa_fused(x: Tensor, params: Tensor, noise: Tensor | None, flags: int) -> Te
     Args:
         x: images ``[B, C, H, W]``, float32 or float64.
         params: ``[B, NUM_PARAMS]`` packed parameters (see the module docstring).
-        noise: ``[B, C, H, W]`` or None; required when ``flags`` has :data:`FLAG_NOISE`.
-        flags: the batch-wide switches (see the module docstring and :func:`make_flags`).
+        noise: ``[B, C, H, W]`` or None; required when ``flags`` has ``FLAG_NOISE``.
+        flags: the batch-wide switches (see the module docstring and
+            :func:`mtt_fast.ops.dsa_layout.make_flags`).
 
     Returns:
         The augmented images, shaped like ``x``.

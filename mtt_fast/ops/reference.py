@@ -1,16 +1,46 @@
-"""Pure-PyTorch references of every compiled op: the specification.
+"""Pure-PyTorch references of the compiled ops: the spec of every op family.
 
 Each function here computes exactly what the op of the same name in
 ``torch.ops.mtt_fast`` computes (up to floating-point summation order), with plain
 differentiable torch operations, so autograd gives its derivatives of any order. Tests
 compare the compiled kernels against these, and the package falls back on them when the
 extension is not built or has no kernel for a device.
+
+This module is THE spec of each op family (traj_loss, dsa, convblock); other pure-PyTorch
+code says what it computes relative to it. For DSA in particular:
+:mod:`mtt_fast.augment.functional` is not a spec of the op but the DSA augmentation itself
+(MTT's per-group ``rand_*`` functions), which ``impl="reference"`` runs group by group; the
+fused path packs a whole call into :func:`dsa`'s parameters (equal to the group chain in
+mode "S", see :mod:`mtt_fast.augment.fused` for mode "M"). The host-side packing op
+``dsa_pack`` is held to :func:`mtt_fast.augment.fused.pack_reference`, which needs the
+augmentation's parameter types and so lives beside them.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from mtt_fast.ops.dsa_layout import (
+    COLOR_BEFORE,
+    COLOR_NONE,
+    FLAG_CUTOUT,
+    FLAG_NOISE,
+    GEOM_IDENTITY,
+    GEOM_INTEGER,
+    IDX_A,
+    IDX_BOX_COL0,
+    IDX_BOX_COL1,
+    IDX_BOX_ROW0,
+    IDX_BOX_ROW1,
+    IDX_BRIGHT,
+    IDX_CONTRAST,
+    IDX_NOISE,
+    IDX_Q,
+    IDX_SAT,
+    color_of,
+    geom_of,
+)
 
 
 def traj_loss(student: Tensor, target: Tensor, start: Tensor) -> Tensor:
@@ -60,21 +90,22 @@ trajectory_loss_ref = traj_loss
 def dsa(x: Tensor, params: Tensor, noise: Tensor | None, flags: int) -> Tensor:
     """What ``torch.ops.mtt_fast.dsa_forward`` computes, in plain differentiable torch ops.
 
-    The packed layout of ``params`` and the meaning of ``flags`` are documented in
-    :mod:`mtt_fast.ops.dsa` (and csrc/dsa/dsa.h, which has the per-pixel formulas).
+    The packed layout of ``params`` (defined in csrc/dsa/dsa.h, named in
+    :mod:`mtt_fast.ops.dsa_layout`) and the meaning of ``flags`` are documented in
+    :mod:`mtt_fast.ops.dsa`; csrc/dsa/dsa.h has the per-pixel formulas.
 
     Args:
         x: images ``[B, C, H, W]``.
-        params: ``[B, 20]`` packed per-sample parameters.
-        noise: ``[B, C, H, W]`` or None (required when ``flags`` has the noise bit).
-        flags: geometry (bits 0-1), color placement (bits 2-3), cutout (16), noise (32).
+        params: ``[B, NUM_PARAMS]`` packed per-sample parameters.
+        noise: ``[B, C, H, W]`` or None (required when ``flags`` has ``FLAG_NOISE``).
+        flags: geometry, color placement, cutout and noise bits (``dsa_layout.make_flags``).
 
     Returns:
         The augmented images, shaped like ``x``.
     """
     b, c, h, w = x.shape
     p = params.to(dtype=x.dtype, device=x.device)
-    geom, color = flags & 3, (flags >> 2) & 3
+    geom, color = geom_of(flags), color_of(flags)
     rows = torch.arange(h, dtype=x.dtype, device=x.device).view(1, h, 1)
     cols = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, w)
 
@@ -82,6 +113,7 @@ def dsa(x: Tensor, params: Tensor, noise: Tensor | None, flags: int) -> Tensor:
         return p[:, k].view(b, 1, 1)
 
     def affine(k: int) -> tuple[Tensor, Tensor]:  # (column, row) of every output pixel
+        # the 2x3 matrix at k (IDX_A or IDX_Q), row-major: col = m0 j + m1 i + m2, row = m3 j + ...
         return (
             col(k) * cols + col(k + 1) * rows + col(k + 2),
             col(k + 3) * cols + col(k + 4) * rows + col(k + 5),
@@ -96,15 +128,15 @@ def dsa(x: Tensor, params: Tensor, noise: Tensor | None, flags: int) -> Tensor:
         wv = torch.where(valid, weight, torch.zeros_like(weight)).unsqueeze(1)
         return vals * wv, wv
 
-    if geom == 0:
+    if geom == GEOM_IDENTITY:
         v, kappa = x, torch.ones(b, 1, h, w, dtype=x.dtype, device=x.device)
-    elif geom == 1:
-        cx, cy = affine(0)
+    elif geom == GEOM_INTEGER:
+        cx, cy = affine(IDX_A)
         xi = torch.floor(cx + 0.5).long()
         yi = torch.floor(cy + 0.5).long()
         v, kappa = tap(xi, yi, torch.ones_like(cx))
-    else:
-        cx, cy = affine(0)
+    else:  # GEOM_BILINEAR
+        cx, cy = affine(IDX_A)
         x0, y0 = torch.floor(cx), torch.floor(cy)
         fx, fy = cx - x0, cy - y0
         x0l, y0l = x0.long(), y0.long()
@@ -116,20 +148,22 @@ def dsa(x: Tensor, params: Tensor, noise: Tensor | None, flags: int) -> Tensor:
                 v = v + val
                 kappa = kappa + wv
     y = v
-    if color:
-        bright, sat, con = (p[:, k].view(b, 1, 1, 1) for k in (6, 7, 8))
+    if color != COLOR_NONE:
+        bright, sat, con = (p[:, k].view(b, 1, 1, 1) for k in (IDX_BRIGHT, IDX_SAT, IDX_CONTRAST))
         cm = v.mean(dim=1, keepdim=True)
-        mu = (x if color == 2 else v).mean(dim=(1, 2, 3), keepdim=True)
+        before = color == COLOR_BEFORE
+        mu = (x if before else v).mean(dim=(1, 2, 3), keepdim=True)
         const = (1 - con) * mu + bright
-        y = con * sat * v + con * (1 - sat) * cm + (const * kappa if color == 2 else const)
-    if flags & 16:
-        qc, qr = affine(9)
+        y = con * sat * v + con * (1 - sat) * cm + (const * kappa if before else const)
+    if flags & FLAG_CUTOUT:
+        qc, qr = affine(IDX_Q)
         qc, qr = torch.floor(qc + 0.5), torch.floor(qr + 0.5)
-        inside = (qr >= col(15)) & (qr < col(16)) & (qc >= col(17)) & (qc < col(18))
+        inside = ((qr >= col(IDX_BOX_ROW0)) & (qr < col(IDX_BOX_ROW1))
+                  & (qc >= col(IDX_BOX_COL0)) & (qc < col(IDX_BOX_COL1)))
         y = y * (~inside).to(x.dtype).unsqueeze(1)
-    if flags & 32:
+    if flags & FLAG_NOISE:
         assert noise is not None, "flags ask for noise but none was given"
-        y = y + p[:, 19].view(b, 1, 1, 1) * noise.to(dtype=x.dtype, device=x.device)
+        y = y + p[:, IDX_NOISE].view(b, 1, 1, 1) * noise.to(dtype=x.dtype, device=x.device)
     return y
 
 

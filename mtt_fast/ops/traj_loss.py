@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 
 from mtt_fast.ops import _load, reference
+from mtt_fast.ops.impl import IMPLS, resolve_impl
 
-__all__ = ["IMPLS", "compiled_available", "trajectory_loss"]
+__all__ = ["IMPLS", "fused_available", "trajectory_loss"]
 
-IMPLS = ("auto", "compiled", "reference")
 _COMPILED_DTYPES = (torch.float32, torch.float64)
 
 
@@ -192,8 +192,8 @@ def _check_args(student: Tensor, target: Tensor, start: Tensor) -> None:
         )
 
 
-def compiled_available(device: torch.device | str, dtype: torch.dtype) -> bool:
-    """Whether the compiled op can run on tensors of this device and dtype."""
+def fused_available(device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Whether the fused (compiled) op can run on tensors of this device and dtype."""
     device_type = torch.device(device).type
     return device_type in COMPILED_DEVICES and dtype in _COMPILED_DTYPES
 
@@ -207,10 +207,11 @@ def trajectory_loss(student: Tensor, target: Tensor, start: Tensor, impl: str = 
         student: ``[P]`` student parameters after N synthetic steps (theta_N).
         target: ``[P]`` expert parameters M epochs after the start (theta*_{t+M}).
         start: ``[P]`` expert parameters the student started from (theta*_t).
-        impl: ``"auto"`` uses the compiled op when ``mtt_fast._C`` is loaded and has a kernel
-            for the inputs' device and dtype (float32/float64), else the reference;
-            ``"compiled"`` requires the compiled op (RuntimeError if unavailable);
-            ``"reference"`` always uses the pure-PyTorch reference.
+        impl: ``"auto"`` uses the fused (compiled) op when ``mtt_fast._C`` is loaded and has
+            a kernel for the inputs' device and dtype (float32/float64), else the reference;
+            ``"fused"`` requires the fused op (RuntimeError if unavailable; ``"compiled"``
+            is an alias, see :mod:`mtt_fast.ops.impl`); ``"reference"`` always uses the
+            pure-PyTorch reference.
 
     Returns:
         A 0-dim tensor of the inputs' dtype.
@@ -218,15 +219,14 @@ def trajectory_loss(student: Tensor, target: Tensor, start: Tensor, impl: str = 
     Raises:
         ValueError: bad ``impl``, or inputs that are not 1-D / same length / same dtype /
             same device.
-        RuntimeError: ``impl="compiled"`` where the compiled op cannot run.
+        RuntimeError: ``impl="fused"`` where the fused op cannot run.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"trajectory_loss: impl must be one of {IMPLS}, got {impl!r}")
+    impl = resolve_impl(impl, "trajectory_loss")
     _check_args(student, target, start)
     if impl == "reference":
         return reference.traj_loss(student, target, start)
-    usable = compiled_available(student.device, student.dtype)
-    if impl == "compiled" and not usable:
+    usable = fused_available(student.device, student.dtype)
+    if impl == "fused" and not usable:
         raise RuntimeError(_unavailable_reason(student.device, student.dtype))
     if not usable:
         return reference.traj_loss(student, target, start)
@@ -237,4 +237,4 @@ def trajectory_loss(student: Tensor, target: Tensor, start: Tensor, impl: str = 
 
 def _unavailable_reason(device: torch.device, dtype: torch.dtype) -> str:
     why = _load.unavailable_reason("traj_loss", device, dtype, devices=COMPILED_DEVICES, dtypes=_COMPILED_DTYPES)
-    return f"trajectory_loss(impl='compiled'): {why}; or use impl='auto'"
+    return f"trajectory_loss(impl='fused'): {why}; or use impl='auto'"

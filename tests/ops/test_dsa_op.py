@@ -71,41 +71,6 @@ def test_info_lists_the_dsa_ops():
 
 
 @needs_ext
-def test_cpu_capability_follows_the_environment(monkeypatch):
-    """MTT_FAST_CPU_CAPABILITY=default forces the baseline copy of the CPU kernels; without
-    it the AVX2 copy runs where the CPU and the build have one."""
-    monkeypatch.setenv("MTT_FAST_CPU_CAPABILITY", "default")
-    assert torch.ops.mtt_fast.cpu_capability() == "default"
-    monkeypatch.delenv("MTT_FAST_CPU_CAPABILITY")
-    assert torch.ops.mtt_fast.cpu_capability() in ("avx2", "default")
-    assert extension_info()["cpu_capability"] == torch.ops.mtt_fast.cpu_capability()
-
-
-@needs_ext
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpu_capabilities_give_the_same_bits(dtype, monkeypatch):
-    """The CPU twin is compiled twice (baseline x86-64 and AVX2, no FMA): both copies must
-    compute every value with the same roundings, forward and backward, on images of one
-    block and of several (partial) row blocks."""
-    monkeypatch.delenv("MTT_FAST_CPU_CAPABILITY", raising=False)
-    if torch.ops.mtt_fast.cpu_capability() != "avx2":
-        pytest.skip("this CPU or build has no AVX2 copy of the kernels")
-    for strategy in STRATEGIES:
-        for k, shape in enumerate([(4, 3, 9, 7), (2, 2, 41, 37)]):
-            params, noise, flags = packed(strategy, shape, dtype, seed=30 + k)
-            x = images(shape, dtype, seed=k)
-            g = images(shape, dtype, seed=5 + k)
-            out = {}
-            for cap in ("avx2", "default"):
-                monkeypatch.setenv("MTT_FAST_CPU_CAPABILITY", cap)
-                assert torch.ops.mtt_fast.cpu_capability() == cap
-                out[cap] = (torch.ops.mtt_fast.dsa_forward(x, params, noise, flags),
-                            torch.ops.mtt_fast.dsa_backward(g, params, flags))
-            for a, b in zip(out["avx2"], out["default"]):
-                assert torch.equal(a, b), f"{strategy} {shape}: the AVX2 and baseline copies differ"
-
-
-@needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_op_matches_its_pure_torch_spec(strategy, dtype):

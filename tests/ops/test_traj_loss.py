@@ -159,7 +159,7 @@ def test_backward_op_matches_reference(n, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_autograd_matches_reference(dtype):
     a, b, c = make_inputs(1001, dtype, requires_grad=True)
-    got = torch.autograd.grad(trajectory_loss(a, b, c, impl="compiled"), (a, b, c))
+    got = torch.autograd.grad(trajectory_loss(a, b, c, impl="fused"), (a, b, c))
     want = torch.autograd.grad(trajectory_loss(a, b, c, impl="reference"), (a, b, c))
     for g, w in zip(got, want):
         torch.testing.assert_close(
@@ -171,7 +171,7 @@ def test_autograd_matches_reference(dtype):
 def test_only_requested_gradients():
     a, b, c = make_inputs(10, requires_grad=False)
     a.requires_grad_(True)
-    (ga,) = torch.autograd.grad(trajectory_loss(a, b, c, impl="compiled"), (a,))
+    (ga,) = torch.autograd.grad(trajectory_loss(a, b, c, impl="fused"), (a,))
     (wa,) = torch.autograd.grad(trajectory_loss(a, b, c, impl="reference"), (a,))
     torch.testing.assert_close(ga, wa)
 
@@ -181,7 +181,7 @@ def test_gradcheck_and_gradgradcheck():
     args = make_inputs(13, torch.float64, requires_grad=True)
 
     def fn(a, b, c):
-        return trajectory_loss(a, b, c, impl="compiled")
+        return trajectory_loss(a, b, c, impl="fused")
 
     assert torch.autograd.gradcheck(fn, args)
     assert torch.autograd.gradgradcheck(fn, args)
@@ -259,7 +259,7 @@ def test_auto_falls_back_and_compiled_refuses_unsupported_dtype():
     a, b, c = (t.half() for t in make_inputs(16))
     torch.testing.assert_close(trajectory_loss(a, b, c), reference.traj_loss(a, b, c))
     with pytest.raises(RuntimeError, match="float32 and float64"):
-        trajectory_loss(a, b, c, impl="compiled")
+        trajectory_loss(a, b, c, impl="fused")
 
 
 @needs_ext
@@ -269,11 +269,11 @@ def test_auto_handles_non_contiguous_inputs():
     torch.testing.assert_close(got, reference.traj_loss(a[::2], b[::2], c[::2]))
 
 
-def test_compiled_without_extension_says_why(monkeypatch):
+def test_fused_without_extension_says_why(monkeypatch):
     monkeypatch.setattr(tl, "COMPILED_DEVICES", frozenset())
     a, b, c = make_inputs(4)
-    with pytest.raises(RuntimeError, match="trajectory_loss\\(impl='compiled'\\)"):
-        trajectory_loss(a, b, c, impl="compiled")
+    with pytest.raises(RuntimeError, match="trajectory_loss\\(impl='fused'\\)"):
+        trajectory_loss(a, b, c, impl="fused")
     torch.testing.assert_close(trajectory_loss(a, b, c), reference.traj_loss(a, b, c))
 
 
@@ -320,7 +320,7 @@ def test_cuda_gradcheck_and_opcheck():
     args = make_inputs(13, torch.float64, device="cuda", requires_grad=True)
 
     def fn(a, b, c):
-        return trajectory_loss(a, b, c, impl="compiled")
+        return trajectory_loss(a, b, c, impl="fused")
 
     assert torch.autograd.gradcheck(fn, args)
     assert torch.autograd.gradgradcheck(fn, args)
