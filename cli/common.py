@@ -29,6 +29,10 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
             name = str(k).replace("-", "_")
             if name not in known or name == "config":
                 raise UserError(f"--config {value}: unknown option {k!r} for `{ctx.command_path}`")
+            try:
+                known[name].type_cast_value(ctx, v)
+            except click.BadParameter as e:
+                raise UserError(f"--config {value}: {k}: {e.message}") from None
             mapped[name] = v
         ctx.default_map = {**(ctx.default_map or {}), **mapped}
     except UserError as e:
@@ -79,6 +83,9 @@ def user_errors(f):
             fail(str(e))
         except KeyboardInterrupt:
             fail("interrupted; rerun the same command to resume")
+        except OSError as e:  # a read or write the library did not name itself (disk full, permissions, ...)
+            where = f"{e.filename}: " if e.filename else ""
+            fail(f"{where}{e.strerror or e}")
 
     return wrapper
 

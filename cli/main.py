@@ -76,6 +76,13 @@ def info() -> None:
     blk_devs = [d for d in ("cpu", "cuda") if fused_block.fused_available(d, torch.float32)]
     echo("ConvNet blocks (norm + ReLU + pool, 1st/2nd derivatives): "
          + (f"fused op on {', '.join(blk_devs)}" if blk_devs else "reference (native ops)"))
+    from mtt_fast.ops import verify
+
+    rows = verify.format_cached()
+    echo(f"parity checks (auto uses an op once it matched its spec there; `mtt-fast selftest` reruns them): "
+         f"{len(rows)} cached in {verify.cache_dir() / verify.CACHE_SUBDIR}")
+    for line in rows:
+        echo(line)
     from mtt_fast.match import ENGINES
 
     echo(f"matching engines: {', '.join(ENGINES)} (default {_T.engine})")
@@ -168,6 +175,9 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @click.option("--lr-lr", type=float, default=_D.lr_lr,
               help=f"Learning rate of syn_lr. Default: the method's ({_LR_LR_DEFAULTS}).")
 @click.option("--lr-teacher", type=float, default=_D.lr_teacher, help="Initial syn_lr (default: the experts' lr).")
+@click.option("--syn-lr-min", type=float, default=_D.syn_lr_min, show_default=True,
+              help="Keep the learned syn_lr at or above this (a negative step size trains the student backwards); "
+                   "0 lets it cross zero (with a warning).")
 @click.option("--batch-syn", type=int, default=_D.batch_syn, help="Synthetic images per student step (default: all).")
 @click.option("--pix-init", type=click.Choice(["real", "noise"]), default=_D.pix_init, show_default=True)
 @click.option("--generator", default=_G.generator,
@@ -202,7 +212,7 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @common_options
 @user_errors
 def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, iterations, engine, offload_history,
-            lr_img, lr_lr, lr_teacher, batch_syn, pix_init, generator, space, layer, avg_w, lr_w, learn_g, lr_g, g_batch,
+            lr_img, lr_lr, lr_teacher, syn_lr_min, batch_syn, pix_init, generator, space, layer, avg_w, lr_w, learn_g, lr_g, g_batch,
             block_impl, dd_models, batch_real, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy,
             dsa_mode, dsa_impl, data_root, out, overwrite, seed, device, progress):
     """Distill a synthetic set from a trajectory store."""
@@ -210,7 +220,7 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
 
     cfg = DistillConfig(
         method=method, ipc=ipc, syn_steps=syn_steps, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr,
-        lr_teacher=lr_teacher, batch_syn=batch_syn, pix_init=pix_init, dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode),
+        lr_teacher=lr_teacher, syn_lr_min=syn_lr_min, batch_syn=batch_syn, pix_init=pix_init, dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode),
         dsa_impl=dsa_impl, block_impl=block_impl, checkpoint_it=checkpoint_it, seed=seed,
         trajectory=TrajectoryOptions(expert_epochs, max_start_epoch, engine, offload_history),
         glad=GLaDOptions(generator, space, layer, avg_w, lr_w, lr_g, learn_g, g_batch),
@@ -287,6 +297,9 @@ main.add_command(gan)
 from mtt_fast.cli.report import report
 
 main.add_command(report)
+from mtt_fast.cli.selftest import selftest
+
+main.add_command(selftest)
 
 if __name__ == "__main__":
     main()

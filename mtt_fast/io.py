@@ -22,13 +22,29 @@ from safetensors.torch import load_file, save_file
 from mtt_fast.errors import UserError
 
 
+def cannot_write(path: str | Path, e: BaseException) -> UserError:
+    """The one-line error for a failed write (read-only or full disk, permissions, ...)."""
+    reason = getattr(e, "strerror", None)
+    if not reason:
+        text = str(e).strip()
+        reason = text.splitlines()[0] if text else type(e).__name__
+    return UserError(f"cannot write {Path(path).parent}: {reason}")
+
+
 @contextmanager
 def atomic_target(path: str | Path):
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``."""
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    Any OSError (and a safetensors write error) becomes :func:`cannot_write`'s one line; the
+    temporary file is removed, so a failed write leaves the old file or nothing.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise cannot_write(path, e) from None
     tmp = Path(name)
     try:
         yield tmp
@@ -37,6 +53,8 @@ def atomic_target(path: str | Path):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        raise cannot_write(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -94,9 +112,12 @@ def load_tensors(path: str | Path, what: str = "file") -> dict[str, torch.Tensor
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON line (flushed; a torn last line is skipped by :func:`read_jsonl`)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+    except OSError as e:
+        raise cannot_write(path, e) from None
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

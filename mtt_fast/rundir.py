@@ -1,4 +1,4 @@
-"""Run directories: never overwrite a result, resume a killed run, refuse a mismatched one.
+"""Run directories: one owner at a time, never overwrite a result, resume a killed run.
 
 Every command writes into ``--out DIR``. The resolved settings go to ``DIR/config.yaml`` first;
 a finished run leaves ``DIR/COMPLETE``. Running the same command again then
@@ -6,12 +6,22 @@ a finished run leaves ``DIR/COMPLETE``. Running the same command again then
 * on a finished run with the same settings: does nothing and says so;
 * on an unfinished run with the same settings: resumes;
 * on a run with other settings: refuses, naming the first differing setting;
-* with ``--overwrite``: starts again from an empty directory.
+* with ``--overwrite``: moves the old run aside, starts again in an empty directory, and
+  deletes the old run only once the new one has written its first checkpoint (or finished);
+  until then a failure, an interrupt or a kill gives the old run back.
+
+:func:`open_run` holds an exclusive lock for the run (``fcntl.flock`` on the hidden file
+``.<name>.lock`` beside ``DIR``, which records the owner's PID and start time), so a second
+command on the same ``--out`` stops at once with one line naming that PID.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 from mtt_fast.errors import UserError
@@ -38,9 +48,38 @@ def _first_difference(old: dict, new: dict, defaults: dict | None = None) -> str
     return None
 
 
+def check_out(out: str | Path, config: dict, *, overwrite: bool = False, option: str = "--out",
+              defaults: dict | None = None) -> str:
+    """What :func:`open_run` would find in ``out``, without writing anything.
+
+    Returns:
+        ``"new"`` (absent or empty, or ``overwrite`` of an mtt-fast run), ``"resume"`` or ``"complete"``.
+
+    Raises:
+        UserError: ``out`` is a file, a foreign non-empty folder, or a run with other settings.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} exists and is not a directory")
+    if not out.exists() or not any(out.iterdir()):
+        return "new"
+    cfg_path = out / "config.yaml"
+    if not cfg_path.is_file():
+        if overwrite:
+            raise UserError(f"{option} {out} is not an mtt-fast run directory; refusing to delete it even with --overwrite")
+        raise UserError(f"{option} {out} exists, is not empty and is not an mtt-fast run directory; choose another {option}")
+    if overwrite:
+        return "new"
+    old = _stable(read_yaml(cfg_path))
+    diff = _first_difference(old, _stable(_plain(config)), _plain(defaults or {}))
+    if diff:
+        raise UserError(f"{option} {out} holds a run with other settings ({diff}); choose another {option} or pass --overwrite")
+    return "complete" if (out / "COMPLETE").exists() else "resume"
+
+
 def prepare_out(out: str | Path, config: dict, *, overwrite: bool = False, option: str = "--out",
                 defaults: dict | None = None) -> str:
-    """Make ``out`` ready for a run with ``config``.
+    """Make ``out`` ready for a run with ``config`` (no lock; :func:`open_run` is the owned form).
 
     ``defaults`` holds the default value of settings that newer versions added: a run
     written before a setting existed matches when the setting is at its default now.
@@ -50,29 +89,158 @@ def prepare_out(out: str | Path, config: dict, *, overwrite: bool = False, optio
         ``"complete"`` (finished run with the same settings: nothing to do).
     """
     out = Path(out)
-    cfg_path = out / "config.yaml"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{option} {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            if not cfg_path.is_file():
-                raise UserError(f"{option} {out} is not an mtt-fast run directory; refusing to delete it even with --overwrite")
-            shutil.rmtree(out)
-        else:
-            if not cfg_path.is_file():
-                raise UserError(f"{option} {out} exists, is not empty and is not an mtt-fast run directory; choose another {option}")
-            old = _stable(read_yaml(cfg_path))
-            diff = _first_difference(old, _stable(_plain(config)), _plain(defaults or {}))
-            if diff:
-                raise UserError(f"{option} {out} holds a run with other settings ({diff}); choose another {option} or pass --overwrite")
-            return "complete" if (out / "COMPLETE").exists() else "resume"
-    out.mkdir(parents=True, exist_ok=True)
-    write_yaml(cfg_path, _plain(config))
+    state = check_out(out, config, overwrite=overwrite, option=option, defaults=defaults)
+    if state != "new":
+        return state
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    _mkdir(out, option)
+    write_yaml(out / "config.yaml", _plain(config))
     return "new"
 
 
 def mark_complete(out: str | Path) -> None:
     write_text(Path(out) / "COMPLETE", "")
+
+
+def _mkdir(path: Path, option: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {option} {path}: {e.strerror or e}") from None
+
+
+def _sibling(out: Path, what: str) -> Path:
+    return out.parent / f".{out.name}.{what}"
+
+
+class RunDir:
+    """An owned run directory; see :func:`open_run`.
+
+    Attributes:
+        path: the run directory.
+        state: ``"new"``, ``"resume"`` or ``"complete"``.
+    """
+
+    def __init__(self, path: Path, state: str, lock_fd: int, previous: Path | None):
+        self.path, self.state, self._fd, self._previous = path, state, lock_fd, previous
+
+    def checkpointed(self) -> None:
+        """The run wrote a resumable checkpoint: an old run replaced by ``--overwrite`` is deleted now."""
+        if self._previous is not None:
+            _discard(self._previous, _sibling(self.path, "discard"))
+            self._previous = None
+
+    def complete(self) -> None:
+        """Mark the run finished (``COMPLETE``)."""
+        self.checkpointed()
+        mark_complete(self.path)
+
+    def close(self, failed: bool) -> None:
+        try:
+            if failed and self._previous is not None:
+                _restore(self.path, self._previous)
+                self._previous = None
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)  # releases the flock
+                self._fd = -1
+
+    def __enter__(self) -> RunDir:  # noqa: PYI034
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
+
+
+def _discard(previous: Path, discard: Path) -> None:
+    if discard.exists():
+        shutil.rmtree(discard)
+    os.replace(previous, discard)  # atomic: a kill from here on never "restores" a half-deleted run
+    shutil.rmtree(discard)
+
+
+def _restore(out: Path, previous: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(previous, out)
+
+
+def _lock(out: Path, option: str) -> int:
+    lock = _sibling(out, "lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot write {option} {out}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            owner = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (ValueError, OSError):
+            owner = {}
+        os.close(fd)
+        who = f"PID {owner.get('pid', '?')} (started {owner.get('started', '?')})"
+        raise UserError(f"{option} {out} is in use by {who}; wait for it or choose another {option}") from None
+    info = json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, info, 0)
+    return fd
+
+
+def open_run(out: str | Path, config: dict, *, overwrite: bool = False, option: str = "--out",
+             defaults: dict | None = None) -> RunDir:
+    """Own ``out`` for a run with ``config``: lock it, recover an interrupted ``--overwrite``,
+    remove stale temporary files, and write ``config.yaml`` for a new run.
+
+    Use as a context manager; an exception inside gives back a run that ``--overwrite`` moved
+    aside (unless the new run already wrote a checkpoint) and releases the lock.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} exists and is not a directory")
+    _mkdir(out.parent, option)
+    fd = _lock(out, option)
+    previous = None
+    try:
+        _recover(out)
+        state = check_out(out, config, overwrite=overwrite, option=option, defaults=defaults)
+        if state == "new" and overwrite and out.exists() and any(out.iterdir()):
+            previous = _sibling(out, "previous")
+            os.replace(out, previous)
+        for tmp in out.glob(".*.tmp") if out.is_dir() else ():
+            tmp.unlink(missing_ok=True)  # a killed atomic write
+        if state == "new":
+            _mkdir(out, option)
+            write_yaml(out / "config.yaml", _plain(config))
+    except BaseException:
+        RunDir(out, "new", fd, previous).close(failed=True)
+        raise
+    return RunDir(out, state, fd, previous)
+
+
+def hold(out: str | Path, option: str = "--out") -> RunDir:
+    """Only the lock (and the directory): for folders whose parts are runs of their own (a sweep)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} exists and is not a directory")
+    _mkdir(out.parent, option)
+    fd = _lock(out, option)
+    try:
+        _mkdir(out, option)
+    except BaseException:
+        os.close(fd)
+        raise
+    return RunDir(out, "resume", fd, None)
+
+
+def _recover(out: Path) -> None:
+    """Finish what a killed ``--overwrite`` left: a discard in progress, or an old run to restore."""
+    discard, previous = _sibling(out, "discard"), _sibling(out, "previous")
+    if discard.exists():
+        shutil.rmtree(discard)
+    if previous.exists():
+        _restore(out, previous)
 
 
 def _plain(obj):

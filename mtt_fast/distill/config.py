@@ -74,6 +74,7 @@ class DistillConfig:
     lr_img: float | None = None
     lr_lr: float | None = None
     lr_teacher: float | None = None
+    syn_lr_min: float = 1e-6
     momentum: float = 0.5
     batch_syn: int | None = None
     pix_init: str = "real"

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from tqdm import tqdm
 
 from mtt_fast.augment import DSAConfig
@@ -42,14 +43,28 @@ from mtt_fast.io import (
     write_text,
 )
 from mtt_fast.memory import format_peak_memory, peak_memory
-from mtt_fast.synth import Synset
 from mtt_fast.optim_state import load_optimizer_state, optimizer_state
+from mtt_fast.synth import Synset
+
+CHECKPOINT = "checkpoint.safetensors"
 
 
 def _metrics_upto(path: Path, iteration: int) -> None:
-    """Drop metric lines of iterations at or after the checkpoint we resume from (they rerun)."""
+    """Drop metric lines of iterations at or after ``iteration`` (they rerun); 0 empties the file."""
+    if not path.exists() and iteration == 0:
+        return
     keep = [r for r in read_jsonl(path) if r.get("iteration", -1) < iteration]
     write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+def checkpoint_info(path: Path) -> dict | None:
+    """The iteration / best / method state stored in a checkpoint's metadata (None: an older checkpoint)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise UserError(f"checkpoint {path} is corrupt or not a safetensors file: {e}") from None
+    return json.loads(meta["checkpoint"]) if "checkpoint" in meta else None
 
 
 class Distiller:
@@ -64,8 +79,10 @@ class Distiller:
     """
 
     def __init__(self, store: TrajectoryStore, bundle, cfg: DistillConfig, out: str | Path, *,
-                 device: torch.device | str = "cpu", progress: bool = True, log: Callable[[str], None] = print):
+                 device: torch.device | str = "cpu", progress: bool = True, log: Callable[[str], None] = print,
+                 on_checkpoint: Callable[[], None] = lambda: None):
         cfg = cfg.resolved()
+        self.on_checkpoint = on_checkpoint
         self.store, self.bundle, self.cfg, self.out = store, bundle, cfg, Path(out)
         self.device, self.progress, self.log = torch.device(device), progress, log
         self.dsa = DSAConfig.from_dict(cfg.dsa)
@@ -89,25 +106,32 @@ class Distiller:
         self.opt_lr = self.method.lr_optimizer(self.syn_lr)
         self.iteration = 0
         self.best = {"iteration": None, "value": -math.inf}
+        self._warned_lr = False
 
     def _save_checkpoint(self) -> None:
+        """One file: the tensors, and the iteration / best / method state in its metadata, so a kill
+        can never leave the two out of step (older runs also wrote ``checkpoint.json``)."""
         t = {**self.param.state_tensors(), "labels": self.labels, "syn_lr": self.syn_lr.detach(),
              "generator": self.gen.get_state()}
         t.update(optimizer_state("lr", self.opt_lr))
-        save_tensors(self.out / "checkpoint.safetensors", t)
-        write_json(self.out / "checkpoint.json", {"iteration": self.iteration, "best": self.best,
-                                                  **self.method.checkpoint_extra()})
+        info = {"iteration": self.iteration, "best": self.best, **self.method.checkpoint_extra()}
+        save_tensors(self.out / CHECKPOINT, t, metadata={"checkpoint": json.dumps(info)})
+        (self.out / "checkpoint.json").unlink(missing_ok=True)
+        self.on_checkpoint()
 
     def _load_checkpoint(self) -> bool:
-        if not (self.out / "checkpoint.json").is_file():
+        path = self.out / CHECKPOINT
+        if not path.is_file():
             return False
-        info = read_json(self.out / "checkpoint.json", what="checkpoint")
+        info = checkpoint_info(path)
+        if info is None:  # written before the metadata held it
+            info = read_json(self.out / "checkpoint.json", what="checkpoint")
         self.method.check_resume(info)
-        t = load_tensors(self.out / "checkpoint.safetensors", what="checkpoint")
+        t = load_tensors(path, what="checkpoint")
         self._fresh_state()
         missing = [k for k in (*self.param.learnables(), "syn_lr", "labels", "generator") if k not in t]
         if missing:
-            raise UserError(f"{self.out / 'checkpoint.safetensors'} lacks {', '.join(missing)}: it was written by another "
+            raise UserError(f"{path} lacks {', '.join(missing)}: it was written by another "
                             f"kind of run; pass --overwrite to start again")
         self.param.load_state_tensors(t)
         with torch.no_grad():
@@ -116,7 +140,6 @@ class Distiller:
         self.gen.set_state(t["generator"])
         load_optimizer_state("lr", self.opt_lr, t)
         self.iteration, self.best = int(info["iteration"]), info["best"]
-        _metrics_upto(self.out / "metrics.jsonl", self.iteration)
         return True
 
     # -- the synset ----------------------------------------------------------------------
@@ -176,10 +199,29 @@ class Distiller:
         self.syn_lr.grad = None
         if not self.param.all_finite() or not math.isfinite(self.syn_lr.item()):
             raise self._diverged(f"the synthetic set or syn_lr became NaN/inf at iteration {self.iteration}")
-        rec = {"iteration": self.iteration, "loss": loss, "syn_lr": float(self.syn_lr.item()), **extra,
-               "seconds": time.perf_counter() - t0}
+        rec = {"iteration": self.iteration, "loss": loss, "syn_lr": float(self.syn_lr.item()), **extra}
+        rec.update(self._keep_syn_lr_positive())
+        rec["seconds"] = time.perf_counter() - t0
         rec.update(peak_memory(self.device))
         return rec
+
+    def _keep_syn_lr_positive(self) -> dict:
+        """Clamp syn_lr at ``syn_lr_min`` (a negative step size trains the student backwards) and say
+        so once per run; returns what the metrics line records about it."""
+        floor, value = self.cfg.syn_lr_min, float(self.syn_lr.item())
+        if floor > 0 and value < floor:
+            with torch.no_grad():
+                self.syn_lr.fill_(floor)
+            if not self._warned_lr:
+                self.log(f"warning: syn_lr fell to {value:.4g} at iteration {self.iteration}; held at --syn-lr-min "
+                         f"{floor:g} (a smaller --lr-lr keeps it from getting there)")
+            self._warned_lr = True
+            return {"syn_lr": floor, "syn_lr_clamped": value}
+        if value <= 0 and not self._warned_lr:
+            self.log(f"warning: syn_lr is {value:.4g} at iteration {self.iteration} (--syn-lr-min 0): the student "
+                     f"now trains backwards; lower --lr-lr")
+            self._warned_lr = True
+        return {}
 
     def _evaluate(self, metrics: Path, bar) -> None:
         it = self.iteration
@@ -201,11 +243,12 @@ class Distiller:
             self.save_synset(self.out / "synset")
             return {"method": self.cfg.method, "images": len(self.labels)}
         cfg = self.cfg
+        metrics = self.out / "metrics.jsonl"
         if self._load_checkpoint():
             self.log(f"resuming from iteration {self.iteration} in {self.out}")
         else:
             self._fresh_state()
-        metrics = self.out / "metrics.jsonl"
+        _metrics_upto(metrics, self.iteration)  # lines a killed run wrote after its last checkpoint
         t = cfg.trajectory
         self.log(f"distilling: method {cfg.method}, engine {t.engine}, ipc {cfg.ipc}, N={cfg.syn_steps}, "
                  f"M={t.expert_epochs}, T+={t.max_start_epoch}, device {self.device}")
@@ -229,6 +272,9 @@ class Distiller:
         bar.close()
         self.save_synset(self.out / "synset_last")
         self._save_checkpoint()
+        if self.best["iteration"] is None:
+            raise UserError(f"no synset was selected in {self.out}: the validation {self.metric} was NaN at every "
+                            f"evaluation (does every class have validation images? see `mtt-fast data stats`)")
         return self._summary(metrics)
 
     def _summary(self, metrics: Path) -> dict:

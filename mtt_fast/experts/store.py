@@ -54,10 +54,35 @@ class TrajectoryStore:
             raise UserError(f"--buffer {path}: meta.json is not an mtt-fast trajectory store")
         if not meta.get("experts"):
             raise UserError(f"--buffer {path}: the store has no finished expert yet (run `mtt-fast buffer` to finish it)")
+        store = cls(path, meta)
         for e in meta["experts"]:
-            if not (path / e["file"]).is_file():
-                raise UserError(f"--buffer {path}: shard {e['file']} listed in meta.json is missing")
-        return cls(path, meta)
+            store._check_shard(path / e["file"])
+        return store
+
+    def _check_shard(self, f: Path) -> None:
+        """Every listed shard is a safetensors file holding ``trajectory`` float32 ``[1, epochs + 1, P]``
+        (read from its header only; a truncated or pickled file fails here, naming it)."""
+        if not f.is_file():
+            raise UserError(f"--buffer {self.path}: shard {f.name} listed in meta.json is missing")
+        want = [1, self.epochs + 1, self.layout.size]
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                if "trajectory" not in h.keys():
+                    raise UserError(f"shard {f} holds no 'trajectory' tensor; rerun `mtt-fast buffer` for this store")
+                sl = h.get_slice("trajectory")
+                shape, dtype = list(sl.get_shape()), sl.get_dtype()
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a bad header
+            raise UserError(f"shard {f} is corrupt or not a safetensors file ({e}); rerun `mtt-fast buffer` "
+                            f"into a new --out, or delete it and its entry in meta.json") from None
+        if shape != want or dtype not in ("F32", "float32"):
+            raise UserError(f"shard {f} holds a {dtype} tensor of shape {shape}; meta.json expects float32 {want}")
+        with open(f, "rb") as fh:  # the header parsed; now the data must all be there
+            header_len = int.from_bytes(fh.read(8), "little")
+        if f.stat().st_size < 8 + header_len + 4 * want[1] * want[2]:
+            raise UserError(f"shard {f} is truncated ({f.stat().st_size} bytes); rerun `mtt-fast buffer` into a new "
+                            f"--out, or delete it and its entry in meta.json")
 
     @property
     def layout(self) -> FlatParams:

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mtt_fast.errors import UserError
 from mtt_fast.experts import ExpertConfig, train_experts
 from mtt_fast.models import get_network
-from mtt_fast.rundir import mark_complete, prepare_out
-from mtt_fast.stages.common import DataOptions, at_least_one, load_bundle, resolve_device
+from mtt_fast.rundir import check_out, open_run
+from mtt_fast.stages.common import DataOptions, at_least_one, load_bundle, positive, resolve_device
 
 
 @dataclass
@@ -33,18 +34,23 @@ def run_buffer(stage: BufferStage, out: str | Path, *, overwrite: bool = False, 
     cfg, out = stage.experts, Path(out)
     dev = resolve_device(device)
     get_network(cfg.arch, 3, 2, 32)  # unknown --arch fails before any data is read
-    at_least_one(num_experts=cfg.num_experts, epochs=cfg.epochs)
+    at_least_one(num_experts=cfg.num_experts, epochs=cfg.epochs, batch_size=cfg.batch_size, width=cfg.width,
+                 depth=cfg.depth, max_train_per_class=cfg.max_train_per_class)
+    positive(lr=cfg.lr)
+    if cfg.momentum < 0 or cfg.weight_decay < 0:
+        raise UserError("--momentum and --weight-decay must be at least 0")
     bundle = load_bundle(stage.data, seed=cfg.seed, progress=progress)
     jitter = stage.data.dataset in ("pg", "crc") if stage.jitter is None else stage.jitter
     config = {"command": "buffer", "dataset": bundle.meta(), "jitter": jitter, **asdict(cfg)}
-    state = prepare_out(out, config, overwrite=overwrite, defaults=asdict(ExpertConfig()))
-    if state == "complete":
+    defaults = asdict(ExpertConfig())
+    if check_out(out, config, overwrite=overwrite, defaults=defaults) == "complete":
         log(f"{out} already holds this finished store; nothing to do (pass --overwrite to train again)")
         return TrajectoryStore.open(out).meta
-    bundle.write_split(out / "split.json")
-    meta = train_experts(bundle, out, cfg, device=dev, transform=ExpertTransform() if jitter else None,
-                         progress=progress, log=log)
-    mark_complete(out)
+    with open_run(out, config, overwrite=overwrite, defaults=defaults) as run:
+        bundle.write_split(out / "split.json")
+        meta = train_experts(bundle, out, cfg, device=dev, transform=ExpertTransform() if jitter else None,
+                             progress=progress, log=log)
+        run.complete()
     accs = [e["val_accuracy"] for e in meta["experts"]]
     log(f"store {out}: {len(accs)} experts x {cfg.epochs} epochs, {meta['num_params']} parameters; "
         f"val accuracy {sum(accs) / len(accs):.2f}% mean")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -64,3 +65,11 @@ def at_least_one(**values: int) -> None:
     for name, v in values.items():
         if v is not None and v < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
+
+
+def positive(**values: float | None) -> None:
+    """A :class:`UserError` naming the first option (``--name``) that is not a finite number > 0
+    (None: not set, fine)."""
+    for name, v in values.items():
+        if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a positive finite number (got {v})")

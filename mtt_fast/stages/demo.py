@@ -20,7 +20,7 @@ from mtt_fast.evaluate.protocol import EvalConfig
 from mtt_fast.evaluate.tables import results_markdown
 from mtt_fast.experts import ExpertConfig
 from mtt_fast.io import write_text
-from mtt_fast.rundir import mark_complete, prepare_out
+from mtt_fast.rundir import open_run
 from mtt_fast.stages.buffer import BufferStage, run_buffer
 from mtt_fast.stages.common import DataOptions, dsa_dict
 from mtt_fast.stages.distill import DistillStage, run_distill
@@ -49,8 +49,18 @@ def run_demo(out: Path, *, data_root: str | None = None, overwrite: bool = False
     s = settings or DEMO
     t0 = time.perf_counter()
     out = Path(out)
-    prepare_out(out, {"command": "demo", "seed": seed, "settings": s}, overwrite=overwrite)
-    run = {"device": device, "progress": progress, "log": log}
+    with open_run(out, {"command": "demo", "seed": seed, "settings": s}, overwrite=overwrite) as run:
+        table = _run(out, s, seed, data_root, {"device": device, "progress": progress, "log": log}, log)
+        run.complete()
+    log("")
+    log(table)
+    log(f"demo finished in {time.perf_counter() - t0:.0f} s; grids: "
+        f"{', '.join(str(out / d / 'synset' / 'grid.png') for d in sorted(p.name for p in out.glob('*_ipc*')))}")
+    return table
+
+
+def _run(out: Path, s: dict, seed: int, data_root: str | None, run: dict, log: Callable[[str], None]) -> str:
+    """The demo's stages; returns the table."""
     dsa = dsa_dict()
 
     # 1. experts
@@ -84,9 +94,4 @@ def run_demo(out: Path, *, data_root: str | None = None, overwrite: bool = False
         rows.append((label, run_eval(stage, path / "eval", label=label, **run)))
     table = results_markdown(rows)
     write_text(out / "results.md", table)
-    mark_complete(out)
-    log("")
-    log(table)
-    log(f"demo finished in {time.perf_counter() - t0:.0f} s; grids: "
-        f"{', '.join(str(p / 'synset' / 'grid.png') for _, p in synsets)}")
     return table

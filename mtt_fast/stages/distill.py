@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -9,8 +10,8 @@ from pathlib import Path
 from mtt_fast.distill import DistillConfig, Distiller, method_class
 from mtt_fast.errors import UserError
 from mtt_fast.experts import TrajectoryStore
-from mtt_fast.rundir import mark_complete, prepare_out
-from mtt_fast.stages.common import at_least_one, bundle_from_meta, resolve_device
+from mtt_fast.rundir import check_out, open_run
+from mtt_fast.stages.common import at_least_one, bundle_from_meta, positive, resolve_device
 
 
 @dataclass
@@ -35,19 +36,30 @@ def validate(cfg: DistillConfig) -> DistillConfig:
     """Checks that need no file; returns the config with the method's defaults filled in."""
     ev = cfg.evaluation
     at_least_one(ipc=cfg.ipc, syn_steps=cfg.syn_steps, iterations=cfg.iterations, eval_it=ev.eval_it,
-                 checkpoint_it=cfg.checkpoint_it, eval_epochs=ev.eval_epochs, eval_repeats=ev.eval_repeats)
+                 checkpoint_it=cfg.checkpoint_it, eval_epochs=ev.eval_epochs, eval_repeats=ev.eval_repeats,
+                 batch_syn=cfg.batch_syn, g_batch=cfg.glad.g_batch)
     cls = method_class(cfg.method)
     cls.validate(cfg)
     if cfg.method != "glad" and cfg.glad.generator:
         raise UserError(f"--generator is only used by --method glad (got --method {cfg.method})")
     if cfg.glad.generator:
         cfg = replace(cfg, glad=replace(cfg.glad, generator=generator_spec(cfg.glad.generator)))
-    return cfg.resolved()
+    cfg = cfg.resolved()
+    positive(lr_img=cfg.lr_img, lr_lr=cfg.lr_lr, lr_teacher=cfg.lr_teacher, lr_w=cfg.glad.lr_w, lr_g=cfg.glad.lr_g)
+    if not (math.isfinite(cfg.syn_lr_min) and cfg.syn_lr_min >= 0):
+        raise UserError(f"--syn-lr-min must be a finite number >= 0 (got {cfg.syn_lr_min})")
+    if not 0 <= cfg.momentum < 1:
+        raise UserError(f"momentum must be in [0, 1) (got {cfg.momentum})")
+    return cfg
 
 
 def run_distill(stage: DistillStage, out: str | Path, *, overwrite: bool = False, device="auto", progress: bool = True,
                 log: Callable[[str], None] = print) -> dict:
-    """Distill (or resume) into the run directory ``out``; returns its summary."""
+    """Distill (or resume) into the run directory ``out``; returns its summary.
+
+    Everything is validated (settings, every store shard, the dataset's splits, the method's
+    inputs such as the generator) before ``out`` is touched.
+    """
     out = Path(out)
     dev = resolve_device(device)
     cfg = validate(stage.distill)
@@ -55,13 +67,19 @@ def run_distill(stage: DistillStage, out: str | Path, *, overwrite: bool = False
     if method_class(cfg.method).uses_trajectories:
         store.check_epochs(cfg.trajectory.expert_epochs, cfg.trajectory.max_start_epoch)
     config = {"command": "distill", "buffer": str(Path(stage.buffer).resolve()), **cfg.flat()}
-    state = prepare_out(out, config, overwrite=overwrite, defaults=DistillConfig().resolved().flat())
-    if state == "complete":
+    defaults = DistillConfig().resolved().flat()
+    if check_out(out, config, overwrite=overwrite, defaults=defaults) == "complete":
         log(f"{out} already holds this finished run; nothing to do (pass --overwrite to run again)")
         return {"state": "complete"}
     bundle = bundle_from_meta(store.dataset_meta, stage.data_root, progress)
-    summary = Distiller(store, bundle, cfg, out, device=dev, progress=progress, log=log).run()
-    mark_complete(out)
+    distiller = Distiller(store, bundle, cfg, out, device=dev, progress=progress, log=log)
+    with open_run(out, config, overwrite=overwrite, defaults=defaults) as run:
+        if run.state == "complete":
+            log(f"{out} already holds this finished run; nothing to do")
+            return {"state": "complete"}
+        distiller.on_checkpoint = run.checkpointed
+        summary = distiller.run()
+        run.complete()
     if "images" in summary:
         log(f"{cfg.method} baseline: {summary['images']} images written to {out / 'synset'}")
     else:

@@ -10,8 +10,8 @@ from mtt_fast.errors import UserError
 from mtt_fast.evaluate.protocol import EvalConfig
 from mtt_fast.evaluate.run import evaluate_synset, write_results
 from mtt_fast.models import get_network
-from mtt_fast.rundir import mark_complete, prepare_out
-from mtt_fast.stages.common import at_least_one, bundle_from_meta, resolve_device
+from mtt_fast.rundir import check_out, open_run
+from mtt_fast.stages.common import at_least_one, bundle_from_meta, positive, resolve_device
 from mtt_fast.synth import Synset
 
 
@@ -39,7 +39,8 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
         raise UserError("--archs: name at least one architecture")
     for a in stage.archs:
         get_network(a, 3, 2, 32)
-    at_least_one(repeats=stage.repeats, epochs=stage.evaluation.epochs)
+    at_least_one(repeats=stage.repeats, epochs=stage.evaluation.epochs, batch_size=stage.evaluation.batch_size)
+    positive(lr=stage.evaluation.lr)
     if stage.split not in ("test", "val"):
         raise UserError(f"--split {stage.split}: choose test or val")
     synset = Synset.load(stage.synset)
@@ -47,8 +48,8 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
     cfg = replace(stage.evaluation, width=m.get("width", 128), depth=m.get("depth", 3))
     config = {"command": "eval", "synset": str(Path(stage.synset).resolve()), "archs": list(stage.archs),
               "repeats": stage.repeats, "split": stage.split, "seed": stage.seed, **asdict(cfg)}
-    state = prepare_out(out, config, overwrite=overwrite, defaults=asdict(EvalConfig()))
-    if state == "complete":
+    defaults = {**asdict(EvalConfig()), "split": "test", "seed": 0}
+    if check_out(out, config, overwrite=overwrite, defaults=defaults) == "complete":
         log(f"{out} already holds these results; nothing to do (pass --overwrite to evaluate again)")
         return read_json(out / "results.json", what="evaluation results")
     bundle = bundle_from_meta(m["dataset"], stage.data_root, progress)
@@ -56,11 +57,12 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
             or bundle.channels != synset.images.shape[1]:
         raise UserError(f"--synset {stage.synset} was made for classes {m['classes']} at {synset.images.shape[-1]} px, "
                         f"but the dataset gives {bundle.classes} at {bundle.res} px")
-    log(f"evaluating {m.get('method')} ipc {m.get('ipc')} on {stage.split}: {', '.join(stage.archs)} x "
-        f"{stage.repeats}, {cfg.epochs} epochs")
-    results = evaluate_synset(synset, bundle, list(stage.archs), cfg, repeats=stage.repeats, split=stage.split,
-                              seed=stage.seed, device=dev, progress=progress, log=log)
-    write_results(out, results, label or f"{m.get('method')}")
-    mark_complete(out)
+    with open_run(out, config, overwrite=overwrite, defaults=defaults) as run:
+        log(f"evaluating {m.get('method')} ipc {m.get('ipc')} on {stage.split}: {', '.join(stage.archs)} x "
+            f"{stage.repeats}, {cfg.epochs} epochs")
+        results = evaluate_synset(synset, bundle, list(stage.archs), cfg, repeats=stage.repeats, split=stage.split,
+                                  seed=stage.seed, device=dev, progress=progress, log=log)
+        write_results(out, results, label or f"{m.get('method')}")
+        run.complete()
     log(f"results in {out / 'results.json'} and {out / 'results.md'}")
     return results

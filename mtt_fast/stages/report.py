@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mtt_fast.report.build import build_report
 from mtt_fast.report.collect import collect
-from mtt_fast.rundir import mark_complete, prepare_out
+from mtt_fast.rundir import check_out, open_run
 
 
 def run_report(run_dirs: list[str | Path], out: str | Path, *, load_data: bool = True, overwrite: bool = False,
@@ -23,12 +23,12 @@ def run_report(run_dirs: list[str | Path], out: str | Path, *, load_data: bool =
     collect(run_dirs)  # a bad RUN_DIR fails before anything is written
     out = Path(out)
     config = {"command": "report", "run_dirs": [str(Path(p).resolve()) for p in run_dirs], "load_data": load_data}
-    state = prepare_out(out, config, overwrite=overwrite)
-    if state == "complete":
+    if check_out(out, config, overwrite=overwrite) == "complete":
         log(f"{out} already holds this report; nothing to do (pass --overwrite to make it again)")
         return {}
-    data = build_report(run_dirs, out, load_data=load_data, log=log,
-                        class_counts=train_class_counts if load_data else None)
-    mark_complete(out)
+    with open_run(out, config, overwrite=overwrite) as run:
+        data = build_report(run_dirs, out, load_data=load_data, log=log,
+                            class_counts=train_class_counts if load_data else None)
+        run.complete()
     log(f"report in {out / 'report.md'} and {out / 'report.html'} ({len(data['images'])} figures)")
     return data

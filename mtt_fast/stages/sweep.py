@@ -37,7 +37,7 @@ from pathlib import Path
 from mtt_fast.distill import DistillConfig
 from mtt_fast.errors import UserError
 from mtt_fast.io import read_json, read_yaml, write_json, write_text
-from mtt_fast.rundir import mark_complete
+from mtt_fast.rundir import hold
 from mtt_fast.stages.common import dsa_dict
 from mtt_fast.stages.distill import DistillStage, run_distill
 
@@ -160,21 +160,21 @@ def run_sweep(grid: str | Path, out: str | Path, *, preset: str | None = None, d
     if "buffer" not in base and not all("buffer" in p for p in points):
         raise UserError(f"{grid}: set buffer (the trajectory store) under base:")
     stages = {point_name(p): point_stage({**base, **p}) for p in points}  # every point parses before any runs
-    out.mkdir(parents=True, exist_ok=True)
-    statuses = {}
-    for i, (name, stage) in enumerate(stages.items()):
-        log(f"[{i + 1}/{len(points)}] {name}")
-        try:
-            run_distill(stage, out / name, device=device, progress=progress, log=log)
-            statuses[name] = "complete" if (out / name / "COMPLETE").exists() else "incomplete"
-        except UserError as e:  # one diverging point must not end the sweep
-            statuses[name] = f"failed: {e}"
-            log(f"  failed: {e}")
-    summary = summarize(out, base, points, statuses)
-    log((out / "summary.md").read_text())
-    if all(r["status"] == "complete" for r in summary["rows"]):
-        mark_complete(out)
-    else:
-        raise UserError(f"{sum(r['status'] != 'complete' for r in summary['rows'])} of {len(points)} points did not "
-                        f"finish; see {out / 'summary.md'} (rerun to resume)")
+    with hold(out) as owned:
+        statuses = {}
+        for i, (name, stage) in enumerate(stages.items()):
+            log(f"[{i + 1}/{len(points)}] {name}")
+            try:
+                run_distill(stage, out / name, device=device, progress=progress, log=log)
+                statuses[name] = "complete" if (out / name / "COMPLETE").exists() else "incomplete"
+            except UserError as e:  # one diverging point must not end the sweep
+                statuses[name] = f"failed: {e}"
+                log(f"  failed: {e}")
+        summary = summarize(out, base, points, statuses)
+        log((out / "summary.md").read_text())
+        if all(r["status"] == "complete" for r in summary["rows"]):
+            owned.complete()
+        else:
+            raise UserError(f"{sum(r['status'] != 'complete' for r in summary['rows'])} of {len(points)} points did "
+                            f"not finish; see {out / 'summary.md'} (rerun to resume)")
     return summary

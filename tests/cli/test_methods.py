@@ -138,10 +138,16 @@ def test_glad_resume_refuses_another_generator(store, generator_dir, tmp_path, m
     r = run(*args, ok=False)
     assert r.exit_code == 2 and "interrupted" in r.output
     monkeypatch.undo()
-    ckpt = json.loads((out / "checkpoint.json").read_text())
-    assert ckpt["iteration"] == 2 and ckpt["generator_sha256"]
+    from safetensors import safe_open
+
+    from mtt_fast.io import save_tensors
+
+    path = out / "checkpoint.safetensors"  # one file: the tensors, and the loop state in its metadata
+    with safe_open(str(path), framework="pt") as f:
+        ckpt = json.loads(f.metadata()["checkpoint"])
+    assert ckpt["iteration"] == 2 and ckpt["generator_sha256"] and not (out / "checkpoint.json").exists()
     ckpt["generator_sha256"] = "0" * 64  # as if the generator file had been replaced
-    (out / "checkpoint.json").write_text(json.dumps(ckpt))
+    save_tensors(path, load_tensors(path), metadata={"checkpoint": json.dumps(ckpt)})
     r = run(*args, ok=False)
     assert r.exit_code == 2 and "is not the generator this run started with" in r.output
 
