@@ -21,6 +21,10 @@ FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS=16 \
     || { tail -40 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t )) s"
 python3 -c "from mtt_fast.ops import extension_info; print(extension_info())"
+# every compiled op family against its spec on the GPU (float32 + float64) and fused vs
+# reference timings; exit 2 (a failing family) is reported, the run goes on
+MTT_FAST_CACHE="$OUT/cache" mtt-fast selftest --device cuda --bench --json "$OUT/selftest_cuda.json" 2>&1 \
+    | tee "$OUT/selftest.log" || echo "selftest: exit ${PIPESTATUS[0]}"
 MTT_FAST_REQUIRE_EXT=1 python3 -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$OUT/pytest.log" | tail -25
 for b in ${BENCHES-benchmarks/bench_*.py}; do
     echo "== $b"

@@ -24,7 +24,7 @@ from mtt_fast.augment.fused import apply_fused
 from mtt_fast.augment.sampling import AugParams, sample_params
 from mtt_fast.errors import UserError
 from mtt_fast.ops.dsa import fused_available, unavailable_reason
-from mtt_fast.ops.impl import IMPLS, resolve_impl
+from mtt_fast.ops.impl import IMPLS, fused_selected, resolve_impl
 
 __all__ = ["IMPLS", "FusedDSAUnavailable", "apply", "apply_reference", "augment", "uses_fused"]
 
@@ -69,7 +69,8 @@ def apply(x: Tensor, params: AugParams, impl: str = "reference") -> Tensor:
         impl: ``"reference"`` (pure PyTorch, :func:`apply_reference`), ``"fused"`` (the
             compiled one-pass op, :mod:`mtt_fast.augment.fused`) or ``"auto"`` (the fused
             op when ``mtt_fast._C`` is loaded with a kernel for ``x``'s device and dtype,
-            float32/float64, else the reference). In mode "S" both agree to float
+            float32/float64, that passed its parity check there (:mod:`mtt_fast.ops.verify`),
+            else the reference). In mode "S" both agree to float
             rounding; in mode "M" the fused op samples once through the composed
             geometry (see :mod:`mtt_fast.augment.fused` for the exact differences).
             ``"compiled"`` is accepted as an alias of ``"fused"`` (:mod:`mtt_fast.ops.impl`).
@@ -97,7 +98,7 @@ def apply(x: Tensor, params: AugParams, impl: str = "reference") -> Tensor:
         )
     if not params.ops:
         return x
-    if impl == "fused" or (impl == "auto" and fused_available(x.device, x.dtype)):
+    if fused_selected(impl, "dsa", x.device, x.dtype, fused_available(x.device, x.dtype)):
         return apply_fused(x, params)
     return apply_reference(x, params)
 
@@ -121,4 +122,6 @@ def augment(
 def uses_fused(x: Tensor, impl: str) -> bool:
     """Whether :func:`apply` with ``impl`` takes the fused op for images like ``x``."""
     impl = resolve_impl(impl, "DSA", error=UserError)
-    return impl == "fused" or (impl == "auto" and x.is_floating_point() and fused_available(x.device, x.dtype))
+    if impl == "fused":
+        return True
+    return x.is_floating_point() and fused_selected(impl, "dsa", x.device, x.dtype, fused_available(x.device, x.dtype))

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from mtt_fast.errors import UserError
 from mtt_fast.ops import block as fused_block
+from mtt_fast.ops.impl import fused_selected
 
 
 def instance_norm(channels: int) -> nn.GroupNorm:
@@ -37,7 +38,8 @@ class ConvNet(nn.Module):
         depth: number of blocks (paper: 3; ConvNetD4, D5 for larger images).
         block_impl: how each norm -> ReLU -> pool runs: ``"auto"`` (the fused, twice
             differentiable op of :mod:`mtt_fast.ops.block` when the compiled core has a
-            kernel for the input's device and dtype, decided per forward call; else the
+            kernel for the input's device and dtype that passed its parity check there
+            (:mod:`mtt_fast.ops.verify`), decided per forward call; else the
             native nn modules), ``"fused"`` (always; RuntimeError where unavailable) or
             ``"reference"`` (always the native nn modules). The parameters (names, order,
             shapes) are the same for all three, so flat vectors and stored trajectories are
@@ -79,7 +81,8 @@ class ConvNet(nn.Module):
             raise RuntimeError(
                 f"ConvNet(block_impl='fused'): {fused_block.unavailable_reason(x.device, x.dtype)}"
             )
-        return ok
+        # "auto": only once the block passed its parity check here (mtt_fast.ops.verify)
+        return fused_selected(self.block_impl, "block", x.device, x.dtype, ok)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.use_fused(x):

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from mtt_fast.ops import _load, reference
-from mtt_fast.ops.impl import IMPLS, resolve_impl
+from mtt_fast.ops.impl import IMPLS, fused_selected, resolve_impl
 
 __all__ = ["COMPILED_DEVICES", "IMPLS", "convblock", "fused_available"]
 
@@ -171,7 +171,8 @@ def convblock(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, impl: 
         x: ``[B, C, H, W]``, H and W at least 2.
         weight, bias: ``[C]``.
         eps: the norm's epsilon.
-        impl: ``"auto"`` (fused when :func:`fused_available`, else the reference),
+        impl: ``"auto"`` (fused when :func:`fused_available` and verified on this device and
+            dtype, :mod:`mtt_fast.ops.verify`; else the reference),
             ``"fused"`` (RuntimeError when unavailable) or ``"reference"``
             (:mod:`mtt_fast.ops.impl`; ``"compiled"`` is an alias of ``"fused"``).
 
@@ -182,9 +183,9 @@ def convblock(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5, impl: 
     if impl == "reference":
         return reference.convblock(x, weight, bias, eps)
     usable = fused_available(x.device, x.dtype) and weight.dtype == x.dtype and bias.dtype == x.dtype
-    if not usable:
-        if impl == "fused":
-            raise RuntimeError(f"convblock(impl='fused'): {unavailable_reason(x.device, x.dtype)}")
+    if not usable and impl == "fused":
+        raise RuntimeError(f"convblock(impl='fused'): {unavailable_reason(x.device, x.dtype)}")
+    if not fused_selected(impl, "block", x.device, x.dtype, usable):
         return reference.convblock(x, weight, bias, eps)
     y, _stats = torch.ops.mtt_fast.convblock_forward.default(
         x.contiguous(), weight.contiguous(), bias.contiguous(), float(eps)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mtt_fast.ops import _load, reference
-from mtt_fast.ops.impl import IMPLS, resolve_impl
+from mtt_fast.ops.impl import IMPLS, fused_selected, resolve_impl
 
 __all__ = ["IMPLS", "fused_available", "trajectory_loss"]
 
@@ -208,7 +208,8 @@ def trajectory_loss(student: Tensor, target: Tensor, start: Tensor, impl: str = 
         target: ``[P]`` expert parameters M epochs after the start (theta*_{t+M}).
         start: ``[P]`` expert parameters the student started from (theta*_t).
         impl: ``"auto"`` uses the fused (compiled) op when ``mtt_fast._C`` is loaded and has
-            a kernel for the inputs' device and dtype (float32/float64), else the reference;
+            a kernel for the inputs' device and dtype (float32/float64) that passed its
+            parity check there (:mod:`mtt_fast.ops.verify`), else the reference;
             ``"fused"`` requires the fused op (RuntimeError if unavailable; ``"compiled"``
             is an alias, see :mod:`mtt_fast.ops.impl`); ``"reference"`` always uses the
             pure-PyTorch reference.
@@ -228,7 +229,7 @@ def trajectory_loss(student: Tensor, target: Tensor, start: Tensor, impl: str = 
     usable = fused_available(student.device, student.dtype)
     if impl == "fused" and not usable:
         raise RuntimeError(_unavailable_reason(student.device, student.dtype))
-    if not usable:
+    if not fused_selected(impl, "traj_loss", student.device, student.dtype, usable):
         return reference.traj_loss(student, target, start)
     return torch.ops.mtt_fast.traj_loss.default(
         student.contiguous(), target.contiguous(), start.contiguous()
