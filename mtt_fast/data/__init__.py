@@ -23,10 +23,12 @@ _EXPORTS = {
     "ExpertTransform": "mtt_fast.data.transforms",
     "NORMALIZATION_PRESETS": "mtt_fast.data.normalization",
     "default_cache_dir": "mtt_fast.data.cache",
+    "DataWarning": "mtt_fast.data.source",
 }
 
 __all__ = [
     "NORMALIZATION_PRESETS",
+    "DataWarning",
     "DatasetBundle",
     "ExpertTransform",
     "ImageSplit",
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from mtt_fast.data.load import load_dataset as load_dataset
     from mtt_fast.data.load import load_dataset_from_meta as load_dataset_from_meta
     from mtt_fast.data.normalization import NORMALIZATION_PRESETS as NORMALIZATION_PRESETS
+    from mtt_fast.data.source import DataWarning as DataWarning
     from mtt_fast.data.stats import dataset_stats as dataset_stats
     from mtt_fast.data.stats import format_stats as format_stats
     from mtt_fast.data.transforms import ExpertTransform as ExpertTransform

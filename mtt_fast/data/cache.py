@@ -4,12 +4,17 @@ Every image file is decoded and resized once, into ``<cache_dir>/<name>-r<res>-c
 (a plain .npy of uint8 [N, C, res, res], read back with ``np.load(mmap_mode="r")``, so a
 200k-patch dataset never sits in RAM). The key hashes the sorted relative file list with
 sizes and mtimes, the resolution and the channel count: any change rebuilds. The build
-writes a temporary file and renames it into place, so an interrupted build never leaves a
-file under the final name; a final file of the wrong shape or size is rebuilt.
+writes a temporary file (its full size reserved up front, so a full disk fails at once and
+not as a SIGBUS in the middle of decoding) and renames it into place, so an interrupted
+build never leaves a file under the final name; a final file of the wrong shape or size is
+rebuilt. Any OSError while writing (read-only directory, disk full, ...) removes the
+temporary files and becomes one UserError naming the cache directory. A cache that can be
+read but not written (already built, in a read-only directory) is used as it is.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -51,6 +56,42 @@ def cache_path(cache_dir: str, name: str, res: int, channels: int, key: str) -> 
     """Path of the cache file for a dataset at a resolution."""
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
     return os.path.join(cache_dir, f"{safe}-r{res}-c{channels}-{key}.npy")
+
+
+def cannot_write(cache_dir: str, exc: OSError) -> UserError:
+    """The one-line error for an OSError while writing into `cache_dir`."""
+    code = exc.errno
+    if code is None and len(exc.args) == 1 and isinstance(exc.args[0], int):
+        code = exc.args[0]  # OSError(errno.ENOSPC)
+    reason = exc.strerror or (os.strerror(code) if code else None) or str(exc) or type(exc).__name__
+    return UserError(
+        f"cannot write {cache_dir}: {reason} (choose another --cache-dir or set MTT_FAST_CACHE)"
+    )
+
+
+def _reserve(path: str) -> None:
+    """Allocate the blocks of the (sparse) file at `path` now: ENOSPC here, not SIGBUS later."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        # filesystems without fallocate: nothing reserved, the build goes on as before
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _open_existing(path: str, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -149,38 +190,47 @@ def load_or_build(
     arr = _open_existing(path, shape)
     if arr is not None:
         return arr, path
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create cache directory {cache_dir}: {exc}") from None
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if len(files) >= POOL_MIN_IMAGES else 0
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=cache_dir)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a cache may be shared
+    tmp: str | None = None
+    side: str | None = None
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                prefix=os.path.basename(path) + ".", suffix=".tmp", dir=cache_dir
+            )
+            os.close(fd)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a cache may be shared
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            _reserve(tmp)
+        except OSError as exc:
+            raise cannot_write(cache_dir, exc) from None
         paths = [os.path.join(root, f) for f in files]
         _decode_into(out, paths, res, channels, workers, progress, f"caching {name} @{res}px")
-        out.flush()
-        del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+            out.flush()
+            del out
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            side = f"{path}.json.{os.getpid()}.tmp"
+            with open(side, "w") as f:
+                json.dump(
+                    {"root": root, "name": name, "res": res, "channels": channels, "n": len(files)},
+                    f,
+                )
+            os.replace(tmp, path)
+            tmp = None
+            os.replace(side, path + ".json")
+            side = None
+        except OSError as exc:
+            raise cannot_write(cache_dir, exc) from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        _unlink_quietly(side)
         raise
-    side = f"{path}.json.{os.getpid()}.tmp"
-    with open(side, "w") as f:
-        json.dump(
-            {"root": root, "name": name, "res": res, "channels": channels, "n": len(files)}, f
-        )
-    os.replace(side, path + ".json")
     arr = _open_existing(path, shape)
     assert arr is not None, f"cache {path} unreadable right after writing it"
     return arr, path

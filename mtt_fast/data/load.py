@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,13 @@ from mtt_fast.data.normalization import check_normalization, explicit_stats, pre
 from mtt_fast.data.source import SourceIndex
 from mtt_fast.data.splits import (
     SPLIT_NAMES,
+    TEST,
+    TRAIN,
+    TRAINVAL,
+    UNASSIGNED,
+    VAL,
+    bags_of_class,
+    class_split_counts,
     overlapping_bags,
     parse_fractions,
     resolve_assignment,
@@ -105,14 +113,171 @@ def train_mean_std(
     std = var.sqrt().clamp_min(1e-6)
     out = tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std)
     if sidecar is not None:
+        # best effort: a read-only or full cache directory only costs recomputing it
         tmp = f"{sidecar}.{os.getpid()}.tmp"
         try:
             with open(tmp, "w") as f:
                 json.dump({"mean": out[0], "std": out[1], "n": len(idx)}, f)
             os.replace(tmp, sidecar)
         except OSError:
-            pass
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
     return out
+
+
+#: what one bag (the unit a split never cuts) is, per dataset
+_BAG_WORDS = {"pg": "slide", "crc": "patient"}
+
+
+def _bag_word(name: str, opts: dict[str, Any]) -> str:
+    if name in _BAG_WORDS:
+        return _BAG_WORDS[name]
+    if name == "folder" and opts.get("bag_regex") is not None:
+        return "bag"
+    return "image"
+
+
+def _check_two_classes(name: str, root: str, src: SourceIndex, options: dict | None) -> None:
+    """At least two classes, or one line saying where the single class came from."""
+    n = len(src.classes)
+    if n >= 2:
+        return
+    given = bool(options and options.get("classes") is not None)
+    if name == "folder":
+        how = (
+            "option classes names fewer than 2 class folders"
+            if given
+            else f"{root} needs one subfolder per class (<class>/*.png)"
+        )
+    elif name == "pg":
+        how = "option classes (class -> list of subtypes) maps fewer than 2 classes"
+    elif name == "npz":
+        how = "the file's labels hold fewer than 2 values"
+    else:
+        how = "the dataset has fewer than 2 classes"
+    names = ", ".join(map(repr, src.classes)) or "none"
+    raise UserError(f"{root}: dataset {name} has {n} class ({names}); at least 2 are needed: {how}")
+
+
+def _leave_out_hint(name: str, classes: list[str], c: int) -> str:
+    """How to drop class `c` (where the dataset has an option for it and 2 classes remain)."""
+    others = [x for i, x in enumerate(classes) if i != c]
+    if len(others) < 2:
+        return ""
+    if name == "folder":
+        return f", or leave it out: --data-option 'classes={json.dumps(others)}'"
+    if name == "pg":
+        return (
+            ", or leave it out or merge it into another (option classes: class -> list of subtypes)"
+        )
+    return ""
+
+
+def _split_reason(
+    name: str,
+    root: str,
+    src: SourceIndex,
+    opts: dict[str, Any],
+    fractions: tuple[float, float, float],
+    c: int,
+    split: int,
+) -> str:
+    """Why class `c` has no image in `split`, and the option that fixes it."""
+    bag = _bag_word(name, opts)
+    y = np.asarray(src.labels, dtype=np.int64)
+    off = np.asarray(src.official, dtype=np.int64)
+    bags = np.asarray(src.bags, dtype=object)
+    sname = SPLIT_NAMES[split]
+    free = off == UNASSIGNED
+    tv = off == TRAINVAL
+    if free.any() and (free & (y == c)).any():
+        # no official split: bags of each class are cut by option fractions
+        n_bags = bags_of_class(y[free], bags[free], len(src.classes), c)
+        needed = sum(1 for f in fractions if f > 0)
+        fr = "[" + ",".join(f"{f:g}" for f in fractions) + "]"
+        if fractions[split] <= 0:
+            return (
+                f"option fractions {fr} gives {sname} nothing: "
+                "--data-option 'fractions=[0.7,0.15,0.15]'"
+            )
+        if n_bags == 0:
+            return f"its images lie in {bag}s whose majority is another class (option bag_regex)"
+        if n_bags < needed:
+            return (
+                f"it has {n_bags} {bag}(s) and a split by {bag} needs at least {needed} per "
+                f"class: add {bag}s of it{_leave_out_hint(name, src.classes, c)}"
+            )
+        return f"its {n_bags} {bag}s are cut by option fractions {fr}: change them"
+    if split in (TRAIN, VAL) and tv.any() and (tv & (y == c)).any():
+        # val is carved from the official train part, by bag
+        n_bags = bags_of_class(y[tv], bags[tv], len(src.classes), c)
+        total = len(set(bags[tv].tolist()))
+        if opts.get("val_size") is not None:
+            vs = opts["val_size"]
+            if split == VAL:
+                need = math.ceil(total / max(n_bags, 1))
+                return (
+                    f"option val_size {vs} is shared by the classes in proportion to their "
+                    f"{bag}s and leaves it none: --data-option val_size={need} or more"
+                )
+            return f"option val_size {vs} takes all of its {n_bags} {bag}(s): lower it"
+        if split == VAL and n_bags < 2:
+            return (
+                f"it has {n_bags} {bag} in the official train part, and val is carved from "
+                f"there by {bag} (one must stay in train): add {bag}s of it"
+                f"{_leave_out_hint(name, src.classes, c)}"
+            )
+        vf = opts.get("val_fraction")
+        if split == VAL and vf is not None and float(vf) <= 0:
+            return f"option val_fraction is {vf}: --data-option val_fraction=0.15"
+        return f"val is carved from its {n_bags} {bag}s by option val_fraction {vf}: change it"
+    # an official part of the dataset holds none of it
+    cls = src.classes[c]
+    if name == "crc":
+        cohorts = crc.COHORTS.get(str(opts.get("cohort")), [str(opts.get("cohort"))])
+        part = {TRAIN: "TRAIN", VAL: "TRAIN", TEST: "TEST"}[split]
+        where = " and ".join(f"{co}_{part}/{cls}" for co in cohorts)
+    elif name == "folder":
+        where = os.path.join(root, sname, cls)
+    elif name == "npz":
+        where = f"key {sname}_labels"
+    elif name == "fashion-mnist":
+        where = "t10k files" if split == TEST else "train files"
+    else:
+        where = sname
+    return (
+        f"the dataset's official {sname} part ({where}) has no image of it"
+        f"{_leave_out_hint(name, src.classes, c)}"
+    )
+
+
+def check_every_class_in_every_split(
+    name: str,
+    root: str,
+    src: SourceIndex,
+    opts: dict[str, Any],
+    assignment: np.ndarray,
+    fractions: tuple[float, float, float],
+) -> None:
+    """Raise UserError (one line) for the first class without an image in train, val or test.
+
+    The line names the dataset root, the class, its per-split image counts, why the split
+    is empty and the option that fixes it. A class missing from val gives NaN validation
+    scores (and model selection picks nothing); one missing from train or test cannot be
+    learnt or measured.
+    """
+    counts = class_split_counts(assignment, src.labels, len(src.classes))
+    for c, row in enumerate(counts.tolist()):
+        missing = [k for k, n in enumerate(row) if n == 0]
+        if not missing:
+            continue
+        reason = _split_reason(name, root, src, opts, fractions, c, missing[0])
+        raise UserError(
+            f"{root}: class {src.classes[c]!r} has {row[0]} train / {row[1]} val / {row[2]} "
+            f"test images, but every class needs at least 1 in each split: {reason}"
+        )
 
 
 def _load(
@@ -127,6 +292,7 @@ def _load(
     progress: bool,
     workers: int | None,
     stats_override: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    check_splits: bool = True,
 ) -> DatasetBundle:
     name = _resolve_name(name)
     check_normalization(normalization)
@@ -137,6 +303,7 @@ def _load(
         raise UserError(f"--seed: must be an integer, got {seed!r}")
 
     src, opts = DATASETS[name](root, options)
+    _check_two_classes(name, root, src, options)
     fractions = parse_fractions(opts["fractions"]) if "fractions" in opts else (0.7, 0.15, 0.15)
     if "fractions" in opts:
         opts["fractions"] = list(fractions)
@@ -160,6 +327,8 @@ def _load(
     )
     overlap = overlapping_bags(assignment, src.bags)
     assert not overlap, f"bags in two splits: {overlap[:5]}"
+    if check_splits:
+        check_every_class_in_every_split(name, root, src, opts, assignment, fractions)
 
     if src.files is not None:
         assert src.file_stats is not None
@@ -241,6 +410,7 @@ def load_dataset(
     normalization: str | dict = "auto",
     progress: bool = True,
     workers: int | None = None,
+    check_splits: bool = True,
 ) -> DatasetBundle:
     """Load a dataset, its bag-disjoint split and its normalization.
 
@@ -259,12 +429,18 @@ def load_dataset(
             or {"mean": [...], "std": [...]}.
         progress: show tqdm bars for long steps.
         workers: decoding processes for building the cache (None = automatic).
+        check_splits: require every class to have at least one image in each of train,
+            val and test (checked before any image is decoded). Only for callers that
+            inspect a dataset (e.g. its per-split counts) and never train on it: False
+            lets a bundle with empty class splits through.
 
     Returns:
         The DatasetBundle.
 
     Raises:
-        UserError: unknown dataset, missing root, bad layout/option/image.
+        UserError: unknown dataset, missing root, bad layout/option/image, fewer than two
+            classes, a class without an image in train, val or test (check_splits), a
+            cache directory that cannot be written.
     """
     return _load(
         name,
@@ -276,6 +452,7 @@ def load_dataset(
         normalization=normalization,
         progress=progress,
         workers=workers,
+        check_splits=check_splits,
     )
 
 
@@ -284,6 +461,7 @@ def load_dataset_from_meta(
     root: str | os.PathLike | None = None,
     *,
     strict: bool = True,
+    check_splits: bool = True,
     **kw: Any,
 ) -> DatasetBundle:
     """Reload the dataset described by `DatasetBundle.meta()`: same data, split, mean/std.
@@ -293,6 +471,7 @@ def load_dataset_from_meta(
         root: a new location when the dataset moved (default: meta["root"]).
         strict: raise UserError when the reloaded split differs from the recorded one
             (the data changed); with False the new split is used silently.
+        check_splits: as for `load_dataset` (every class in train, val and test).
         **kw: cache_dir, progress, workers (and res, to reload at another resolution).
 
     Raises:
@@ -319,6 +498,7 @@ def load_dataset_from_meta(
         progress=kw.get("progress", True),
         workers=kw.get("workers"),
         stats_override=override,
+        check_splits=check_splits,
     )
     if "classes" in meta and list(meta["classes"]) != bundle.classes:
         raise UserError(

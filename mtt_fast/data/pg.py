@@ -7,7 +7,10 @@ Layout (github.com/masatsuneki/histopathology-image-caption + the patches archiv
 
 The paper's three classes merge the two "poorly differentiated" subtypes; every other
 subtype is left out and counted. The mapping is the option ``classes`` (class name ->
-list of subtypes, in label order). There is no official split: split by slide.
+list of subtypes, in label order). A class none of whose subtypes has a row in the CSV is
+an error; a merged class with SOME of its subtypes absent (a filtered subset) is built
+from the others, with a :class:`~mtt_fast.data.source.DataWarning` per absent subtype.
+There is no official split: split by slide.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mtt_fast.data.imageio import is_image_name
-from mtt_fast.data.source import SourceIndex, check_options, require_dir
+from mtt_fast.data.source import SourceIndex, check_options, require_dir, warn
 from mtt_fast.data.splits import UNASSIGNED
 from mtt_fast.errors import UserError
 
@@ -93,6 +96,18 @@ def _read_captions(csv_path: str) -> list[tuple[str, str]]:
     return rows
 
 
+def _csv_subtypes(rows: list[tuple[str, str]], limit: int = 8) -> str:
+    """'subtype' (n slides), ... of the CSV, most frequent first, for one-line messages."""
+    slides: dict[str, set[str]] = {}
+    for sid, st in rows:
+        slides.setdefault(st or "(empty)", set()).add(sid)
+    ranked = sorted(slides.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    parts = [f"{st!r} ({len(ids)} slide{'s' if len(ids) != 1 else ''})" for st, ids in ranked]
+    more = len(parts) - limit
+    text = ", ".join(parts[:limit]) + (f" and {more} more" if more > 0 else "")
+    return text or "no rows"
+
+
 def index(root: str, options: dict | None) -> tuple[SourceIndex, dict[str, Any]]:
     """Index PatchGastricADC22 under `root`. Returns (index, resolved options)."""
     opts = check_options("pg", options, DEFAULTS)
@@ -103,16 +118,31 @@ def index(root: str, options: dict | None) -> tuple[SourceIndex, dict[str, Any]]
     rows = _read_captions(csv_path)
     require_dir(patch_dir, "PatchGastricADC22 patch folder (option patch_dir)")
 
-    # subtype -> class, validated against the subtypes present in the CSV
+    # subtype -> class, validated against the subtypes present in the CSV: a class needs at
+    # least one of its subtypes; an absent subtype of a merged class is only a warning
     present = {_norm(st) for _, st in rows}
     sub_to_class: dict[str, int] = {}
+    absent_subtypes: dict[str, list[str]] = {}
     for ci, (cls, subtypes) in enumerate(mapping.items()):
-        for st in subtypes:
-            if _norm(st) not in present:
-                raise UserError(
-                    f"option classes: subtype {st!r} (class {cls!r}) appears nowhere in {csv_path}"
+        absent = [st for st in subtypes if _norm(st) not in present]
+        if len(absent) == len(subtypes):
+            raise UserError(
+                f"option classes: no subtype of class {cls!r} "
+                f"({', '.join(map(repr, subtypes))}) appears in {csv_path}, which has "
+                f"{_csv_subtypes(rows)}; map it to subtypes the CSV has, or leave it out"
+            )
+        if absent:
+            absent_subtypes[cls] = absent
+            kept = [st for st in subtypes if st not in absent]
+            for st in absent:
+                warn(
+                    f"option classes: subtype {st!r} of class {cls!r} appears nowhere in "
+                    f"{csv_path}; class {cls!r} is made of {', '.join(map(repr, kept))} only",
+                    csv_path,
                 )
-            sub_to_class[_norm(st)] = ci
+        for st in subtypes:
+            if st not in absent:
+                sub_to_class[_norm(st)] = ci
 
     # slide -> class; duplicates with the same subtype merge, conflicting ones are left out
     slide_sub: dict[str, str] = {}
@@ -165,6 +195,8 @@ def index(root: str, options: dict | None) -> tuple[SourceIndex, dict[str, Any]]
         "slides_without_patches_ids": no_patches[:20],
         "patches_without_csv_row": orphan,
     }
+    if absent_subtypes:
+        left_out["absent_subtypes"] = absent_subtypes
     src = SourceIndex(
         root=root,
         classes=classes,

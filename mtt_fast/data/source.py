@@ -9,6 +9,7 @@ names, and counts of what was left out.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,29 @@ import numpy as np
 
 from mtt_fast.data.imageio import is_image_name
 from mtt_fast.errors import UserError
+
+
+class DataWarning(UserWarning):
+    """Something about a dataset the user should know, but that does not stop the run
+    (e.g. one subtype of a merged PatchGastricADC22 class has no rows). The message is
+    one line."""
+
+
+#: where DataWarnings already shown are recorded (the "default" filter shows each once)
+_REGISTRY: dict = {}
+
+
+def warn(message: str, path: str) -> None:
+    """Issue a one-line :class:`DataWarning` about the data file `path`.
+
+    The warning is attributed to `path` (line 0), not to the library line that raises it:
+    Python's default display is then the single line ``<path>:0: DataWarning: <message>``
+    (no source line follows, since line 0 has none), in a script as on the command line.
+    """
+    text = " ".join(str(message).split())
+    warnings.warn_explicit(
+        text, DataWarning, filename=str(path), lineno=0, module="mtt_fast.data", registry=_REGISTRY
+    )
 
 
 @dataclass

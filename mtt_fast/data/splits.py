@@ -190,6 +190,24 @@ def resolve_assignment(
     return out
 
 
+def class_split_counts(assignment: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Images per (class, split): int64 [num_classes, 3], columns train, val, test."""
+    a = np.asarray(assignment, dtype=np.int64)
+    y = np.asarray(labels, dtype=np.int64)
+    out = np.zeros((max(num_classes, 0), len(SPLIT_NAMES)), dtype=np.int64)
+    ok = (a >= 0) & (a < len(SPLIT_NAMES))
+    np.add.at(out, (y[ok], a[ok]), 1)
+    return out
+
+
+def bags_of_class(labels: np.ndarray, bags: Sequence[str], num_classes: int, cls: int) -> int:
+    """How many bags have `cls` as their majority class."""
+    if len(labels) == 0:
+        return 0
+    _, bag_label, _ = bag_table(labels, bags, num_classes)
+    return int((bag_label == cls).sum())
+
+
 def overlapping_bags(assignment: np.ndarray, bags: Sequence[str]) -> list[str]:
     """Bags that occur in more than one split (sorted); empty when the split is clean."""
     seen: dict[str, int] = {}

@@ -163,7 +163,9 @@ def test_stats_imbalance_none_when_class_missing(tmp_path, cache):
     from tests.fixtures.datasets import make_folder
 
     root = make_folder(tmp_path / "f", per_class=2, size=8)
-    b = load_dataset("folder", root, cache_dir=cache, progress=False)
+    with pytest.raises(UserError, match="class 'benign' has 2 train / 0 val / 0 test"):
+        load_dataset("folder", root, cache_dir=cache, progress=False)
+    b = load_dataset("folder", root, cache_dir=cache, progress=False, check_splits=False)
     s = dataset_stats(b)
     # 2 bags per class cannot fill three splits: val and test stay empty
     assert s["splits"]["train"]["imbalance_ratio"] == 1.0

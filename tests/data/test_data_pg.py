@@ -75,8 +75,20 @@ def test_custom_mapping_option(pg_root, cache):
         "tubular": [PG_SUBTYPES["well"][0], PG_SUBTYPES["moderate"][0]],
         "papillary": [PG_EXTRA_SUBTYPE],
     }
+    # one papillary slide cannot fill train, val and test: refused by default ...
+    with pytest.raises(UserError, match="class 'papillary' has 2 train / 0 val / 0 test"):
+        load_dataset(
+            "pg", pg_root, 8, cache_dir=cache, progress=False, options={"classes": mapping}
+        )
+    # ... and loaded for inspection with check_splits=False
     b = load_dataset(
-        "pg", pg_root, 8, cache_dir=cache, progress=False, options={"classes": mapping}
+        "pg",
+        pg_root,
+        8,
+        cache_dir=cache,
+        progress=False,
+        options={"classes": mapping},
+        check_splits=False,
     )
     assert b.classes == ["tubular", "papillary"]
     counts = [sum(s.class_counts()[c] for s in b.splits.values()) for c in range(2)]
@@ -147,14 +159,15 @@ def test_orphan_patches_and_duplicate_rows(tmp_path, cache):
     rows = _csv_rows(root)
     with open(root / "captions.csv", "a", newline="") as f:
         csv.writer(f).writerow([rows[0]["id"], rows[0]["subtype"], "duplicate row"])
-    b = load_dataset("pg", root, 8, cache_dir=cache, progress=False)
+    # 2 slides per class cannot fill val and test; this test is about the counts only
+    b = load_dataset("pg", root, 8, cache_dir=cache, progress=False, check_splits=False)
     assert b.left_out["patches_without_csv_row"] == 1
     assert b.left_out["conflicting_subtype_slides"] == 0
     assert sum(len(s) for s in b.splits.values()) == 6
     # the same slide listed under two different subtypes is left out and counted
     with open(root / "captions.csv", "a", newline="") as f:
         csv.writer(f).writerow([rows[1]["id"], PG_EXTRA_SUBTYPE, "conflicting row"])
-    c = load_dataset("pg", root, 8, cache_dir=cache, progress=False)
+    c = load_dataset("pg", root, 8, cache_dir=cache, progress=False, check_splits=False)
     assert c.left_out["conflicting_subtype_slides"] == 1
     assert c.left_out["unknown_subtype_patches"] == {"conflicting subtypes": 1}
     assert sum(len(s) for s in c.splits.values()) == 5
@@ -162,7 +175,7 @@ def test_orphan_patches_and_duplicate_rows(tmp_path, cache):
 
 
 def test_corrupt_patch_names_the_file(tmp_path, cache):
-    root = make_pg(tmp_path / "pg", slides_per_class=2, patches_per_slide=1, extra_subtypes=False)
+    root = make_pg(tmp_path / "pg", slides_per_class=3, patches_per_slide=1, extra_subtypes=False)
     bad = root / "patches_captions" / min(os.listdir(root / "patches_captions"))
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     with pytest.raises(UserError, match=re.escape(f"cannot read image {bad}")):
