@@ -7,6 +7,7 @@ the stages (``mtt_fast/stages``) own validation, method defaults, resume and com
 from __future__ import annotations
 
 import platform
+import warnings
 
 import click
 import torch
@@ -49,6 +50,12 @@ def main() -> None:
 
     The pipeline is buffer -> distill -> eval; each stage reads and writes directories.
     """
+    warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library warnings (a dataset subset, a kernel that failed its check) as one ``warning:`` line."""
+    click.echo(f"warning: {message}", err=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -113,7 +120,7 @@ def data_stats(dataset, data_root, res, normalization, data_option, cache_dir, s
     from mtt_fast.data import dataset_stats, format_stats
 
     opts = data_options_of(dataset, data_root, res, normalization, data_option, cache_dir)
-    stats = dataset_stats(stage_common.load_bundle(opts, seed=seed, progress=progress))
+    stats = dataset_stats(stage_common.load_bundle(opts, seed=seed, progress=progress, check_splits=False))
     echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
 
 

@@ -23,12 +23,14 @@ class DataOptions:
     cache_dir: str | None = None
 
 
-def load_bundle(data: DataOptions, *, seed: int, progress: bool):
-    """The dataset with its train/val/test split (split drawn from ``seed``)."""
+def load_bundle(data: DataOptions, *, seed: int, progress: bool, check_splits: bool = True):
+    """The dataset with its train/val/test split (split drawn from ``seed``); ``check_splits``
+    False only to look at a dataset (``data stats``): every stage needs every class in every split."""
     from mtt_fast.data import load_dataset
 
     return load_dataset(data.dataset, data.data_root, data.res, seed=seed, options=data.options,
-                        cache_dir=data.cache_dir, normalization=data.normalization, progress=progress)
+                        cache_dir=data.cache_dir, normalization=data.normalization, progress=progress,
+                        check_splits=check_splits)
 
 
 def bundle_from_meta(meta: dict, data_root: str | None, progress: bool):

@@ -29,7 +29,7 @@ def test_unknown_dataset_and_arch(tmp_path):
 
 
 def test_pg_wrong_csv_columns(tmp_path):
-    root = make_pg(tmp_path / "pg", slides_per_class=2, patches_per_slide=1, size=64)
+    root = make_pg(tmp_path / "pg", slides_per_class=3, patches_per_slide=1, size=64)
     (root / "captions.csv").write_text("slide,label\nA,B\n")
     r = run("data", "stats", "--dataset", "pg", "--data-root", root, "--res", "16", "--cache-dir", tmp_path / "c",
             "--no-progress", ok=False)
@@ -37,7 +37,7 @@ def test_pg_wrong_csv_columns(tmp_path):
 
 
 def test_pg_corrupt_image(tmp_path):
-    root = make_pg(tmp_path / "pg", slides_per_class=2, patches_per_slide=1, size=64)
+    root = make_pg(tmp_path / "pg", slides_per_class=3, patches_per_slide=1, size=64)
     bad = min((root / "patches_captions").iterdir())
     bad.write_bytes(b"not a jpeg")
     r = run("data", "stats", "--dataset", "pg", "--data-root", root, "--res", "16", "--cache-dir", tmp_path / "c",
@@ -66,7 +66,7 @@ def test_not_a_store(tmp_path):
 
 def test_store_from_another_dataset(store, tmp_path):
     # the store says 2 classes at 16 px; pointing it at a PG folder (3 classes) must fail clearly
-    pg = make_pg(tmp_path / "pg", slides_per_class=2, patches_per_slide=1, size=64)
+    pg = make_pg(tmp_path / "pg", slides_per_class=3, patches_per_slide=1, size=64)
     r = run("distill", "--buffer", store, "--method", "random", "--ipc", "1", "--data-root", pg,
             "--out", tmp_path / "o", "--no-progress", ok=False)
     assert r.exit_code == 2 and r.output.count("error:") == 1
