@@ -9,6 +9,9 @@
   :class:`mtt_fast.models.ConvNet` uses it (``block_impl=``).
 * :func:`extension_loaded` / :func:`extension_info`: whether ``mtt_fast._C`` is live,
   and what it holds (``mtt-fast info`` prints this).
+* :mod:`mtt_fast.ops.verify`: the parity check of each compiled family against its spec,
+  run on first use by ``impl="auto"`` (:func:`mtt_fast.ops.impl.fused_selected`) and cached
+  per build, torch, device and dtype; ``mtt-fast selftest`` reruns them.
 * :mod:`mtt_fast.ops.reference`: the pure-PyTorch reference of every op (the spec of each
   op family); :mod:`mtt_fast.ops.dsa_layout`: the Python names of the DSA op's packed
   parameter layout, defined in csrc/dsa/dsa.h.

@@ -40,9 +40,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -304,6 +305,8 @@ def _check_dsa(device, dtype, gen) -> list[tuple[str, Tensor, Tensor]]:
         if got_flags != flags:
             raise RuntimeError(f"dsa_pack: flags {got_flags} != reference flags {flags} for {strategy!r}")
         triples.append((f"{strategy}: dsa_pack", got, want))
+        if noise is not None:
+            triples.append((f"{strategy}: dsa_pack noise", got_noise, noise))
         params = want.to(device)
         noise = None if noise is None else noise.to(device)
         x, gy = _rand(gen, *shape) + 0.1, _rand(gen, *shape)
@@ -336,9 +339,9 @@ def available(family: str, device: torch.device | str, dtype: torch.dtype) -> bo
 def _isolated(device: torch.device):
     """Gradients on, autocast off, and the global RNG states restored afterwards."""
     devices = [device.index] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
-        with torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext():
-            yield
+    no_autocast = torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad(), no_autocast:
+        yield
 
 
 def _compare(triples, dtype: torch.dtype, force: bool) -> tuple[bool, float, float, str, dict[str, list[float]]]:
@@ -603,7 +606,7 @@ def _bench_cases(family: str, device: torch.device, dtype: torch.dtype, big: boo
         def run(fn):
             return lambda: torch.autograd.grad(fn(x, w, bias).square().sum(), (x, w, bias))
 
-        fused = lambda x_, w_, b_: torch.ops.mtt_fast.convblock_forward.default(x_, w_, b_, 1e-5)[0]  # noqa: E731
+        fused = lambda x_, w_, b_: torch.ops.mtt_fast.convblock_forward.default(x_, w_, b_, 1e-5)[0]
         return (f"x {'x'.join(map(str, shape))}, forward+backward", run(fused),
                 run(lambda x_, w_, b_: reference.convblock(x_, w_, b_, 1e-5)))
     from mtt_fast.augment import DSAConfig, apply, sample_params
@@ -633,7 +636,7 @@ def _git_commit() -> str | None:
 
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                           text=True, timeout=5)
+                           text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return r.stdout.strip() or None if r.returncode == 0 else None
@@ -686,8 +689,8 @@ def _fmt_err(v: Any) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """The selftest report as a plain-text table (and the benchmark table when present)."""
     head = ("family", "dtype", "device", "max abs err", "max rel err", "verdict", "seconds")
-    lines = [f"selftest on {report['device']} ({report['device_name']}), torch {report['torch_version']}, "
-             f"build {report['build_hash'][:12] or '-'}"]
+    lines = [(f"selftest on {report['device']} ({report['device_name']}), torch {report['torch_version']}, "
+              f"build {report['build_hash'][:12] or '-'}")]
     body = []
     for r in report["results"]:
         if r["verdict"] == "unavailable":
