@@ -61,6 +61,9 @@ def check_out(out: str | Path, config: dict, *, overwrite: bool = False, option:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} {out} exists and is not a directory")
+    previous = _sibling(out, "previous")
+    if previous.is_dir():  # a killed --overwrite: open_run puts this run back first
+        out = previous
     if not out.exists() or not any(out.iterdir()):
         return "new"
     cfg_path = out / "config.yaml"
@@ -75,6 +78,20 @@ def check_out(out: str | Path, config: dict, *, overwrite: bool = False, option:
     if diff:
         raise UserError(f"{option} {out} holds a run with other settings ({diff}); choose another {option} or pass --overwrite")
     return "complete" if (out / "COMPLETE").exists() else "resume"
+
+
+def finished(out: str | Path, config: dict, *, overwrite: bool = False, option: str = "--out",
+             defaults: dict | None = None) -> bool:
+    """True when ``out`` holds a finished run with these settings (nothing to do); raises like
+    :func:`check_out`. Writes nothing, except that it first gives back a run that a killed
+    ``--overwrite`` had moved aside (under the run's lock)."""
+    out = Path(out)
+    if check_out(out, config, overwrite=overwrite, option=option, defaults=defaults) != "complete":
+        return False
+    if _sibling(out, "previous").is_dir() or _sibling(out, "discard").is_dir():
+        with open_run(out, config, overwrite=overwrite, option=option, defaults=defaults) as run:
+            return run.state == "complete"
+    return True
 
 
 def prepare_out(out: str | Path, config: dict, *, overwrite: bool = False, option: str = "--out",
@@ -208,8 +225,8 @@ def open_run(out: str | Path, config: dict, *, overwrite: bool = False, option: 
         if state == "new" and overwrite and out.exists() and any(out.iterdir()):
             previous = _sibling(out, "previous")
             os.replace(out, previous)
-        for tmp in out.glob(".*.tmp") if out.is_dir() else ():
-            tmp.unlink(missing_ok=True)  # a killed atomic write
+        for tmp in out.rglob(".*.tmp") if out.is_dir() else ():
+            tmp.unlink(missing_ok=True)  # a killed atomic write, here or in a subfolder (synset/)
         if state == "new":
             _mkdir(out, option)
             write_yaml(out / "config.yaml", _plain(config))

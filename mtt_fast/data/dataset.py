@@ -323,9 +323,6 @@ class DatasetBundle(_Normalizer):
             "counts": self.split_counts(),
             "bags": dict(sorted(self.split_assignment().items())),
         }
-        d = os.path.dirname(os.path.abspath(path))
-        os.makedirs(d, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
+        from mtt_fast.io import write_text
+
+        write_text(path, json.dumps(doc, indent=1))

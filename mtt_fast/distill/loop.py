@@ -172,6 +172,9 @@ class Distiller:
     # -- pieces --------------------------------------------------------------------------
     def evaluate_val(self) -> dict:
         """Train ``eval_repeats`` backbone networks on the current synset; score on val (and test)."""
+        if not self.syn_lr.item() > 0:
+            raise self._diverged(f"syn_lr is {self.syn_lr.item():.4g} at iteration {self.iteration}: no network can "
+                                 f"be trained on the synset with it (keep --syn-lr-min above 0)")
         try:
             return evaluate_arch(self.store.arch, self.param.images(), self.labels, self.val,
                                  lr=float(self.syn_lr.item()), cfg=self.eval_cfg,

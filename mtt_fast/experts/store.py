@@ -67,7 +67,7 @@ class TrajectoryStore:
         want = [1, self.epochs + 1, self.layout.size]
         try:
             with safe_open(str(f), framework="pt") as h:
-                if "trajectory" not in h.keys():
+                if "trajectory" not in h.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                     raise UserError(f"shard {f} holds no 'trajectory' tensor; rerun `mtt-fast buffer` for this store")
                 sl = h.get_slice("trajectory")
                 shape, dtype = list(sl.get_shape()), sl.get_dtype()

@@ -9,16 +9,16 @@ The interface every generator follows is in :mod:`mtt_fast.synth.generator` (re-
 :mod:`mtt_fast.generative.interface`).
 """
 
+from mtt_fast.generative.load import load_generator
+from mtt_fast.generative.networks import Discriminator, Generator
+from mtt_fast.generative.quality import class_consistency
+from mtt_fast.generative.train import GANConfig, GANTrainer, save_generator, train_gan
 from mtt_fast.synth.generator import (
     check_generator,
     describe,
     from_model_space,
     to_model_space,
 )
-from mtt_fast.generative.load import load_generator
-from mtt_fast.generative.networks import Discriminator, Generator
-from mtt_fast.generative.quality import class_consistency
-from mtt_fast.generative.train import GANConfig, GANTrainer, save_generator, train_gan
 
 __all__ = [
     "Discriminator",

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from mtt_fast.errors import UserError
-from mtt_fast.synth.generator import check_generator
 from mtt_fast.generative.networks import Generator
+from mtt_fast.synth.generator import check_generator
 
 GENERATOR_FORMAT = "mtt-fast/generator"
 _FACTORY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")

@@ -35,7 +35,13 @@ import torch
 
 from mtt_fast.generative.checkpoint import CHECKPOINT_FORMAT, GENERATOR_VERSION, save_generator
 from mtt_fast.generative.config import DEFAULT_AUG, GANConfig
-from mtt_fast.generative.recipe import BalancedSampler, ema_beta, r1_penalty, render_labels, update_ema
+from mtt_fast.generative.recipe import (
+    BalancedSampler,
+    ema_beta,
+    r1_penalty,
+    render_labels,
+    update_ema,
+)
 from mtt_fast.generative.trainer import GANTrainer
 
 __all__ = [

@@ -31,7 +31,14 @@ from mtt_fast.experts.train import limit_per_class
 from mtt_fast.generative.checkpoint import load_checkpoint, save_checkpoint, save_generator
 from mtt_fast.generative.config import GANConfig
 from mtt_fast.generative.quality import class_consistency, load_or_train_classifier
-from mtt_fast.generative.recipe import BalancedSampler, ema_beta, fixed_latents, r1_penalty, render_labels, update_ema
+from mtt_fast.generative.recipe import (
+    BalancedSampler,
+    ema_beta,
+    fixed_latents,
+    r1_penalty,
+    render_labels,
+    update_ema,
+)
 from mtt_fast.io import append_jsonl, read_jsonl, write_text
 from mtt_fast.synth import save_grid
 from mtt_fast.synth.generator import from_model_space, to_model_space
@@ -112,10 +119,12 @@ class GANTrainer:
         self.cur_step, self.cur_nimg = load_checkpoint(self.ckpt, **self._state())
 
     def save_checkpoint(self) -> None:
-        """Write the checkpoint and the EMA generator (``generator.safetensors`` + ``generator.json``)."""
-        save_checkpoint(self.ckpt, self.cfg, step=self.cur_step, cur_nimg=self.cur_nimg, **self._state())
+        """Write the EMA generator (``generator.safetensors`` + ``generator.json``), then the checkpoint:
+        a checkpoint at step k always has the step-k generator beside it (a kill in between redoes
+        the steps since the previous checkpoint and writes both again)."""
         save_generator(self.out, self.G_ema, self.bundle, step=self.cur_step,
                        extra={"training": asdict(self.cfg), "classifier": self.clf_info, "quality": self.last_quality})
+        save_checkpoint(self.ckpt, self.cfg, step=self.cur_step, cur_nimg=self.cur_nimg, **self._state())
 
     def _resume(self) -> None:
         self.load_checkpoint()

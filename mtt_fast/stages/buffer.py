@@ -9,7 +9,7 @@ from pathlib import Path
 from mtt_fast.errors import UserError
 from mtt_fast.experts import ExpertConfig, train_experts
 from mtt_fast.models import get_network
-from mtt_fast.rundir import check_out, open_run
+from mtt_fast.rundir import finished, open_run
 from mtt_fast.stages.common import DataOptions, at_least_one, load_bundle, positive, resolve_device
 
 
@@ -43,7 +43,7 @@ def run_buffer(stage: BufferStage, out: str | Path, *, overwrite: bool = False, 
     jitter = stage.data.dataset in ("pg", "crc") if stage.jitter is None else stage.jitter
     config = {"command": "buffer", "dataset": bundle.meta(), "jitter": jitter, **asdict(cfg)}
     defaults = asdict(ExpertConfig())
-    if check_out(out, config, overwrite=overwrite, defaults=defaults) == "complete":
+    if finished(out, config, overwrite=overwrite, defaults=defaults):
         log(f"{out} already holds this finished store; nothing to do (pass --overwrite to train again)")
         return TrajectoryStore.open(out).meta
     with open_run(out, config, overwrite=overwrite, defaults=defaults) as run:

@@ -10,7 +10,7 @@ from pathlib import Path
 from mtt_fast.distill import DistillConfig, Distiller, method_class
 from mtt_fast.errors import UserError
 from mtt_fast.experts import TrajectoryStore
-from mtt_fast.rundir import check_out, open_run
+from mtt_fast.rundir import finished, open_run
 from mtt_fast.stages.common import at_least_one, bundle_from_meta, positive, resolve_device
 
 
@@ -68,7 +68,7 @@ def run_distill(stage: DistillStage, out: str | Path, *, overwrite: bool = False
         store.check_epochs(cfg.trajectory.expert_epochs, cfg.trajectory.max_start_epoch)
     config = {"command": "distill", "buffer": str(Path(stage.buffer).resolve()), **cfg.flat()}
     defaults = DistillConfig().resolved().flat()
-    if check_out(out, config, overwrite=overwrite, defaults=defaults) == "complete":
+    if finished(out, config, overwrite=overwrite, defaults=defaults):
         log(f"{out} already holds this finished run; nothing to do (pass --overwrite to run again)")
         return {"state": "complete"}
     bundle = bundle_from_meta(store.dataset_meta, stage.data_root, progress)

@@ -10,7 +10,7 @@ from mtt_fast.errors import UserError
 from mtt_fast.evaluate.protocol import EvalConfig
 from mtt_fast.evaluate.run import evaluate_synset, write_results
 from mtt_fast.models import get_network
-from mtt_fast.rundir import check_out, open_run
+from mtt_fast.rundir import finished, open_run
 from mtt_fast.stages.common import at_least_one, bundle_from_meta, positive, resolve_device
 from mtt_fast.synth import Synset
 
@@ -49,7 +49,7 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
     config = {"command": "eval", "synset": str(Path(stage.synset).resolve()), "archs": list(stage.archs),
               "repeats": stage.repeats, "split": stage.split, "seed": stage.seed, **asdict(cfg)}
     defaults = {**asdict(EvalConfig()), "split": "test", "seed": 0}
-    if check_out(out, config, overwrite=overwrite, defaults=defaults) == "complete":
+    if finished(out, config, overwrite=overwrite, defaults=defaults):
         log(f"{out} already holds these results; nothing to do (pass --overwrite to evaluate again)")
         return read_json(out / "results.json", what="evaluation results")
     bundle = bundle_from_meta(m["dataset"], stage.data_root, progress)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from mtt_fast.generative import GANConfig, train_gan
-from mtt_fast.rundir import check_out, open_run
+from mtt_fast.rundir import finished, open_run
 from mtt_fast.stages.common import DataOptions, at_least_one, load_bundle, resolve_device
 
 
@@ -37,7 +37,7 @@ def run_gan(stage: GanStage, out: str | Path, *, overwrite: bool = False, device
     at_least_one(classifier_epochs=cfg.classifier_epochs)
     bundle = load_bundle(stage.data, seed=cfg.seed, progress=progress)
     config = {"command": "gan train", "dataset": bundle.meta(), **asdict(cfg), "num_threads": stage.num_threads}
-    if check_out(out, config, overwrite=overwrite) == "complete":
+    if finished(out, config, overwrite=overwrite):
         log(f"{out} already holds this finished generator; nothing to do (pass --overwrite to train again)")
         return {}
     with open_run(out, config, overwrite=overwrite) as run:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mtt_fast.report.build import build_report
 from mtt_fast.report.collect import collect
-from mtt_fast.rundir import check_out, open_run
+from mtt_fast.rundir import finished, open_run
 
 
 def run_report(run_dirs: list[str | Path], out: str | Path, *, load_data: bool = True, overwrite: bool = False,
@@ -23,7 +23,7 @@ def run_report(run_dirs: list[str | Path], out: str | Path, *, load_data: bool =
     collect(run_dirs)  # a bad RUN_DIR fails before anything is written
     out = Path(out)
     config = {"command": "report", "run_dirs": [str(Path(p).resolve()) for p in run_dirs], "load_data": load_data}
-    if check_out(out, config, overwrite=overwrite) == "complete":
+    if finished(out, config, overwrite=overwrite):
         log(f"{out} already holds this report; nothing to do (pass --overwrite to make it again)")
         return {}
     with open_run(out, config, overwrite=overwrite) as run:

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from mtt_fast.errors import UserError
-from mtt_fast.synth.generator import to_model_space
 from mtt_fast.io import save_tensors, write_json
+from mtt_fast.synth.generator import to_model_space
 from mtt_fast.synth.params import Parameterization
 
 SPACES = ("p", "z", "w", "wp")

@@ -226,7 +226,7 @@ def assert_same_run(got: Path, want: Path) -> None:
 #: open_run removes the temporary files a killed write left in ``--out`` itself, but not those in its
 #: sub-folders (a distill killed while writing synset/ keeps ``synset/.grid.png.*.tmp`` for good): see
 #: test_run_owner.py::test_stale_temp_files_in_sub_folders_are_removed (xfail). Set True once fixed.
-NESTED_TMP_REMOVED = False
+NESTED_TMP_REMOVED = True
 
 
 def assert_clean(out: Path) -> None:

@@ -45,8 +45,8 @@ def _gan_progress(out, t0):
 
 #: name -> (command, progress(out, launch time ns): units done, the units after which a kill may come,
 #: the most seconds to wait after that unit: about one unit's time, so that kills land inside units too).
-#: gan: not after step 10, so no kill lands between the last checkpoint and the last generator write:
-#: that window is a known bug, pinned by test_write_faults.py (GENERATOR_BEHIND_CHECKPOINT, xfail).
+#: gan: kills up to step 10 (the generator is now written before each checkpoint, so the last
+#: step's window is safe too; test_write_faults.py's gan-tensors--1 case covers it).
 COMMANDS = {
     "distill": (lambda f, out: distill_args(f["store"], out), _distill_progress, range(12), 0.05),
     "buffer": (lambda f, out: buffer_args(f["crc_root"], f["fault_cache"], out), _buffer_progress, range(3), 0.3),

@@ -71,15 +71,7 @@ def test_overwrite_with_an_invalid_setting_leaves_the_old_run(store, distill_ref
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".mtt.")) in ([], [".mtt.lock"])
 
 
-OTHER_SETTINGS_BUG = (
-    "stages/{distill,buffer,gan}.py call rundir.check_out(out, config) BEFORE open_run(), and only open_run "
-    "recovers a killed --overwrite (_recover restores .<name>.previous): the pre-check reads the killed NEW "
-    "run's config.yaml and refuses the original command ('holds a run with other settings (seed: 4 there, "
-    "3 now)') although the old finished run is intact in .<name>.previous")
-
-
-@pytest.mark.parametrize("new_settings", [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason=OTHER_SETTINGS_BUG))], ids=["same-settings", "other-settings"])
+@pytest.mark.parametrize("new_settings", [False, True], ids=["same-settings", "other-settings"])
 def test_overwrite_killed_before_its_first_checkpoint_gives_the_old_run_back(
         procs, store, distill_ref, tmp_path, new_settings):
     out = tmp_path / "mtt"
@@ -116,13 +108,6 @@ def test_overwrite_killed_after_its_first_checkpoint_resumes_the_new_run(procs, 
     assert_same_run(out, distill_ref)
 
 
-NESTED_TMP_BUG = (
-    "rundir.py open_run removes stale temp files with out.glob('.*.tmp'): only in --out itself; a kill while "
-    "distill writes synset/ or synset_last/ (synset.safetensors, meta.json, grid.png, each through a hidden "
-    ".NAME.*.tmp) leaves that temp file there for good, through resume and COMPLETE (seen in the kill tests)")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=NESTED_TMP_BUG)
 def test_stale_temp_files_in_sub_folders_are_removed(store, distill_ref, tmp_path):
     """What a kill inside Synset.save leaves, planted in an unfinished run; the rerun must remove it."""
     out = tmp_path / "mtt"

@@ -121,28 +121,14 @@ def _writes(name, request, tmp_path_factory) -> list[tuple[str, str]]:
     return _counted[name]
 
 
-GENERATOR_BEHIND_CHECKPOINT = (
-    "generative/trainer.py: save_checkpoint() writes checkpoint.safetensors BEFORE generator.safetensors/.json; "
-    "when the last generator write fails (or a kill lands between the two at the last step), the rerun resumes "
-    "at the last step, and run() only rewrites the generator when generator.safetensors does not EXIST: the run "
-    "ends COMPLETE with the generator of the previous checkpoint (generator.json step 10 of 12)")
-
-SPLIT_JSON_WRITE = (
-    "data/dataset.py DatasetBundle.write_split (buffer's split.json) does its own tmp + os.replace instead of "
-    "mtt_fast.io.write_json: a failed write is 'error: OUT/split.json.<pid>.tmp: Read-only file system' (not "
-    "'cannot write OUT: ...') and leaves OUT/split.json.<pid>.tmp behind for good (open_run only removes "
-    "hidden .*.tmp files)")
-
 #: (command, writer, which one of that writer's writes: an index, "mid" or -1 for the last)
 CASES = [
     ("distill", "rename", 1), ("distill", "rename", "mid"), ("distill", "rename", -1),
     ("distill", "tensors", 1), ("distill", "tensors", -1), ("distill", "append", "mid"),
-    pytest.param("buffer", "rename", 2, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                                                reason=SPLIT_JSON_WRITE)),
+    ("buffer", "rename", 2),
     ("buffer", "rename", "mid"), ("buffer", "tensors", 2),
     ("gan", "rename", "mid"), ("gan", "append", "mid"),
-    pytest.param("gan", "tensors", -1, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                                               reason=GENERATOR_BEHIND_CHECKPOINT)),
+    ("gan", "tensors", -1),
 ]
 IDS = ["-".join(map(str, c.values if hasattr(c, "values") else c)) for c in CASES]
 
