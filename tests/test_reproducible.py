@@ -107,3 +107,12 @@ def test_two_processes_give_the_same_bits(tmp_path):
     assert list(first) == list(second)
     differ = [k for k in first if first[k] != second[k]]
     assert not differ, f"artifacts differ between two identical runs (first in stage order: {differ[0]}): {differ}"
+
+
+def test_runtime_is_recorded_and_a_changed_one_is_named():
+    from mtt_fast.runtime import differences, runtime
+
+    now = runtime()
+    assert now["threads"] == torch.get_num_threads() and now["torch"] == torch.__version__
+    assert differences(now) is None and differences(None) is None
+    assert differences({**now, "threads": now["threads"] + 1}) == f"threads {now['threads'] + 1} then, {now['threads']} now"

@@ -44,6 +44,7 @@ from mtt_fast.io import (
 )
 from mtt_fast.memory import format_peak_memory, peak_memory
 from mtt_fast.optim_state import load_optimizer_state, optimizer_state
+from mtt_fast.runtime import differences, runtime
 from mtt_fast.synth import Synset
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -114,7 +115,8 @@ class Distiller:
         t = {**self.param.state_tensors(), "labels": self.labels, "syn_lr": self.syn_lr.detach(),
              "generator": self.gen.get_state()}
         t.update(optimizer_state("lr", self.opt_lr))
-        info = {"iteration": self.iteration, "best": self.best, **self.method.checkpoint_extra()}
+        info = {"iteration": self.iteration, "best": self.best, "runtime": runtime(self.device),
+                **self.method.checkpoint_extra()}
         save_tensors(self.out / CHECKPOINT, t, metadata={"checkpoint": json.dumps(info)})
         (self.out / "checkpoint.json").unlink(missing_ok=True)
         self.on_checkpoint()
@@ -140,6 +142,10 @@ class Distiller:
         self.gen.set_state(t["generator"])
         load_optimizer_state("lr", self.opt_lr, t)
         self.iteration, self.best = int(info["iteration"]), info["best"]
+        changed = differences(info.get("runtime"), self.device)
+        if changed:
+            self.log(f"warning: resuming {self.out} with another runtime ({changed}): the result will differ in "
+                     f"its last bits from an uninterrupted run")
         return True
 
     # -- the synset ----------------------------------------------------------------------
@@ -159,6 +165,7 @@ class Distiller:
             "iteration": self.iteration,
             "distill": cfg.flat(),
             "buffer": str(self.store.path.resolve()),
+            "runtime": runtime(self.device),
             **self.param.meta(),
         }
         syn_lr = float(self.syn_lr.item()) if self.method.optimizes else None

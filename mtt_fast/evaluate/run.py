@@ -11,6 +11,7 @@ from mtt_fast.evaluate.metrics import headline_metric
 from mtt_fast.evaluate.protocol import EvalConfig, evaluate_arch
 from mtt_fast.evaluate.tables import results_markdown
 from mtt_fast.io import write_json, write_text
+from mtt_fast.runtime import runtime
 from mtt_fast.synth import Synset
 
 #: Starting learning rates of the unseen architectures, as the GLaD reference evaluates them
@@ -71,6 +72,7 @@ def evaluate_synset(
         "lr": lr,
         "repeats": repeats,
         "protocol": {k: v for k, v in cfg.__dict__.items()},
+        "runtime": runtime(device),
         "results": results,
     }
 

@@ -21,6 +21,7 @@ from mtt_fast.experts.store import STORE_FORMAT, STORE_VERSION, write_shard
 from mtt_fast.fit import fit_classifier
 from mtt_fast.io import read_json
 from mtt_fast.models import FlatParams, get_network, seeded_network
+from mtt_fast.runtime import differences, runtime
 
 __all__ = ["ExpertConfig", "limit_per_class", "seeded_network", "train_experts"]  # seeded_network: moved to models
 
@@ -106,11 +107,16 @@ def train_experts(
             "params": layout.to_json(),
             "num_params": layout.size,
             "training": {**asdict(cfg), "train_images": len(train)},
+            "runtime": runtime(device),
             "experts": [],
         }
     done = len(meta["experts"])
     if done:
         log(f"resuming: {done} of {cfg.num_experts} experts already in {out}")
+        changed = differences(meta.get("runtime"), device)
+        if changed:
+            log(f"warning: the experts in {out} were trained with another runtime ({changed}); the new ones "
+                f"will not be bit-identical to an uninterrupted run's")
     for k in range(done, cfg.num_experts):
         seed = cfg.seed * 100003 + k
         net, snaps, losses = _train_expert(k, seed, bundle, train, cfg, dsa, layout, device=device,

@@ -21,6 +21,7 @@ from mtt_fast.evaluate.tables import results_markdown
 from mtt_fast.experts import ExpertConfig
 from mtt_fast.io import write_text
 from mtt_fast.rundir import open_run
+from mtt_fast.runtime import runtime
 from mtt_fast.stages.buffer import BufferStage, run_buffer
 from mtt_fast.stages.common import DataOptions, dsa_dict
 from mtt_fast.stages.distill import DistillStage, run_distill
@@ -54,7 +55,9 @@ def run_demo(out: Path, *, data_root: str | None = None, overwrite: bool = False
         run.complete()
     log("")
     log(table)
-    log(f"demo finished in {time.perf_counter() - t0:.0f} s; grids: "
+    rt = runtime(device)
+    log(f"demo finished in {time.perf_counter() - t0:.0f} s (torch {rt['torch']}, {rt['threads']} threads, "
+        f"CPU kernels {rt['cpu_capability']}); grids: "
         f"{', '.join(str(out / d / 'synset' / 'grid.png') for d in sorted(p.name for p in out.glob('*_ipc*')))}")
     return table
 
