@@ -225,8 +225,8 @@ def open_run(out: str | Path, config: dict, *, overwrite: bool = False, option: 
         if state == "new" and overwrite and out.exists() and any(out.iterdir()):
             previous = _sibling(out, "previous")
             os.replace(out, previous)
-        for tmp in out.rglob(".*.tmp") if out.is_dir() else ():
-            tmp.unlink(missing_ok=True)  # a killed atomic write, here or in a subfolder (synset/)
+        for tmp in _stale_temporaries(out):
+            tmp.unlink(missing_ok=True)
         if state == "new":
             _mkdir(out, option)
             write_yaml(out / "config.yaml", _plain(config))
@@ -249,6 +249,14 @@ def hold(out: str | Path, option: str = "--out") -> RunDir:
         os.close(fd)
         raise
     return RunDir(out, "resume", fd, None)
+
+
+def _stale_temporaries(out: Path) -> list[Path]:
+    """What killed atomic writes leave, here or in a subfolder (``synset/``): our ``.<name>.*.tmp``
+    files, and the ``.tmpXXXXXX`` files safetensors itself writes beside its target before renaming."""
+    if not out.is_dir():
+        return []
+    return [p for p in out.rglob(".*") if p.is_file() and (p.name.endswith(".tmp") or p.name.startswith(".tmp"))]
 
 
 def _recover(out: Path) -> None:
