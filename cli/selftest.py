@@ -23,8 +23,8 @@ def selftest(device, bench, json_file):
     """
     import torch
 
+    from mtt_fast import selftest as verify
     from mtt_fast.io import write_json
-    from mtt_fast.ops import verify
     from mtt_fast.stages.common import resolve_device
 
     dev = resolve_device(device)

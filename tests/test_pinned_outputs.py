@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtt_fast.io import load_tensors
 from tests.cli.conftest import run
 from tests.fixtures.datasets import make_crc
+from tests.fixtures.hashing import tensors_hash
 
 PINS = Path(__file__).with_name("pinned_outputs.json")
 TINY = ["--no-progress", "--seed", "3"]
@@ -28,16 +28,6 @@ GEN = "tests.fixtures.generators:crc16"
 
 def _platform() -> str:
     return f"torch {torch.__version__} / cpu {torch.backends.cpu.get_cpu_capability()}"
-
-
-def tensors_hash(path: Path) -> str:
-    """sha256 over every tensor of a safetensors file: names, dtypes, shapes and bytes."""
-    h = hashlib.sha256()
-    for k, v in sorted(load_tensors(path).items()):
-        v = v.contiguous().reshape(-1)
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
 
 
 def _pipeline(tmp: Path) -> dict[str, str]:

@@ -44,9 +44,9 @@ def test_second_owner_is_refused_naming_the_first(tmp_path):
     from mtt_fast.rundir import open_run
 
     out = tmp_path / "run"
-    with open_run(out, {"command": "x"}):
-        with pytest.raises(UserError, match=f"--out {out} is in use by PID {os.getpid()}"):
-            open_run(out, {"command": "x"})
+    with open_run(out, {"command": "x"}), \
+            pytest.raises(UserError, match=f"--out {out} is in use by PID {os.getpid()}"):
+        open_run(out, {"command": "x"})
     with open_run(out, {"command": "x"}):  # released with the first
         pass
 

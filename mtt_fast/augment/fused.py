@@ -66,6 +66,7 @@ from torch import Tensor
 from mtt_fast.augment.sampling import AugParams
 from mtt_fast.ops import dsa as dsa_op
 from mtt_fast.ops import dsa_layout as layout
+from mtt_fast.ops import reference, verify
 
 __all__ = ["GEOMETRIC_OPS", "OP_CODES", "apply_fused", "pack", "pack_reference"]
 
@@ -265,3 +266,43 @@ def apply_fused(x: Tensor, p: AugParams) -> Tensor:
     """
     params, noise, flags = pack(p, x.dtype, x.device)
     return dsa_op.dsa_fused(x, params, noise, flags)
+
+
+#: DSA strategies checked: every geometry (bilinear, integer, identity), color after and
+#: before the geometry, cutout and noise.
+_DSA_STRATEGIES = ("color_crop_cutout_flip_scale_rotate_noise", "color_flip_crop_cutout", "color_noise")
+
+
+def dsa_parity_check(device, dtype, gen) -> list[tuple[str, Tensor, Tensor]]:
+    """The DSA family's parity check for :mod:`mtt_fast.ops.verify`: ``dsa_pack`` against
+    :func:`pack_reference`, and the fused forward and its input gradient against the spec
+    (``ops/reference.py``), for strategies covering every geometry, colour, cutout and noise."""
+    from mtt_fast.augment.config import DSAConfig
+    from mtt_fast.augment.sampling import sample_params
+
+    shape = (3, 3, 9, 8)
+    triples = []
+    for k, strategy in enumerate(_DSA_STRATEGIES):
+        p = sample_params(DSAConfig(strategy=strategy, mode="M"), shape, gen, dtype=torch.float64)
+        got, got_noise, got_flags = pack(p, dtype, "cpu")
+        want, noise, flags = pack_reference(p, dtype, "cpu")
+        if got_flags != flags:
+            raise RuntimeError(f"dsa_pack: flags {got_flags} != reference flags {flags} for {strategy!r}")
+        triples.append((f"{strategy}: dsa_pack", got, want))
+        if noise is not None:
+            triples.append((f"{strategy}: dsa_pack noise", got_noise, noise))
+        params = want.to(device)
+        noise = None if noise is None else noise.to(device)
+        x, gy = verify._rand(gen, *shape) + 0.1, verify._rand(gen, *shape)
+        out = {}
+        for which, fn in (("fused", torch.ops.mtt_fast.dsa_forward.default), ("ref", reference.dsa)):
+            (xl,) = verify._leaves((x,), device, dtype)
+            y = fn(xl, params, noise, flags)
+            (gx,) = torch.autograd.grad(y, xl, gy.to(device=device, dtype=dtype))
+            out[which] = [y.detach(), gx]
+        triples += [(f"{strategy}: y", out["fused"][0], out["ref"][0]),
+                    (f"{strategy}: d/dx", out["fused"][1], out["ref"][1])]
+    return triples
+
+
+verify.register_check("dsa", dsa_parity_check)

@@ -15,6 +15,8 @@ op where it can run AND it passed its parity check on that device and dtype
 
 from __future__ import annotations
 
+from mtt_fast.ops import verify
+
 __all__ = ["ALIASES", "IMPLS", "fused_selected", "resolve_impl"]
 
 #: The values of every ``impl`` switch.
@@ -48,8 +50,6 @@ def fused_selected(impl: str, family: str, device, dtype, available: bool) -> bo
     """
     if impl == "reference" or not available:
         return False
-    from mtt_fast.ops import verify  # imported on use: verify imports the op modules
-
     if impl == "fused":
         verify.warn_if_failed(family, device, dtype)
         return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -11,16 +13,8 @@ from mtt_fast.models import FlatParams, seeded_network
 
 
 @pytest.fixture(scope="module")
-def crc(tmp_path_factory):
-    from mtt_fast.data import load_dataset
-    from tests.fixtures.datasets import make_crc
-
-    tmp = tmp_path_factory.mktemp("crc")
-    root = make_crc(tmp / "crc", patients_per_class=4, tiles_per_patient=3, size=64, test_patients_per_class=2)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_dataset("crc", str(root), 16, progress=False, cache_dir=str(tmp / "cache"))
-    torch.set_num_threads(before)
+def crc(crc_bundle_one_thread):
+    return crc_bundle_one_thread
 
 
 def small(**kw) -> ExpertConfig:
@@ -39,7 +33,7 @@ def test_a_snapshot_at_init_and_after_every_epoch(crc, tmp_path):
         init = seeded_network(cfg.arch, crc.channels, crc.num_classes, crc.res, width=cfg.width, depth=cfg.depth,
                               seed=cfg.seed * 100003 + k)
         assert torch.equal(snaps[0], FlatParams.of(init).flatten(init))
-        for a, b in zip(snaps[:-1], snaps[1:]):
+        for a, b in itertools.pairwise(snaps):
             assert not torch.equal(a, b)
         rec = meta["experts"][k]
         assert len(rec["train_loss"]) == cfg.epochs and all(l > 0 for l in rec["train_loss"])

@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 
-from mtt_fast.io import load_tensors
+from tests.fixtures.hashing import tensors_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -175,16 +174,6 @@ def _stable(obj, out: str):
     if isinstance(obj, str):
         return obj.replace(out, "<OUT>")
     return obj
-
-
-def tensors_hash(path: Path) -> str:
-    """sha256 over every tensor of a safetensors file (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256()
-    for k, v in sorted(load_tensors(path).items()):
-        v = v.contiguous().reshape(-1)
-        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
 
 
 def file_digest(path: Path, out: Path) -> str:

@@ -17,7 +17,11 @@ from safetensors import safe_open
 
 from mtt_fast.errors import UserError
 from mtt_fast.generative import GANConfig, GANTrainer, train_gan
-from mtt_fast.generative.checkpoint import CHECKPOINT_VERSION, load_checkpoint, upgrade_v1_optimizer_keys
+from mtt_fast.generative.checkpoint import (
+    CHECKPOINT_VERSION,
+    load_checkpoint,
+    upgrade_v1_optimizer_keys,
+)
 from mtt_fast.io import load_tensors, save_tensors, write_json
 from mtt_fast.optim_state import load_optimizer_state
 
@@ -85,21 +89,13 @@ def test_v1_optimizer_keys_load_onto_the_same_parameters():
 
 # ----------------------------------------------------------- resuming a whole run
 @pytest.fixture(scope="module")
-def crc(tmp_path_factory):
-    from mtt_fast.data import load_dataset
-    from tests.fixtures.datasets import make_crc
-
-    tmp = tmp_path_factory.mktemp("crc")
-    root = make_crc(tmp / "crc", patients_per_class=4, tiles_per_patient=3, size=64, test_patients_per_class=2)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_dataset("crc", str(root), 16, progress=False, cache_dir=str(tmp / "cache"))
-    torch.set_num_threads(before)
+def crc(crc_bundle_one_thread):
+    return crc_bundle_one_thread
 
 
-CFG = dict(steps=4, batch_size=4, z_dim=8, w_dim=16, channel_base=64, channel_max=8, r1_interval=2,
-           checkpoint_every=2, quality_every=4, sample_every=4, quality_samples=2, classifier_epochs=1, log_every=2,
-           seed=3)
+CFG = {"steps": 4, "batch_size": 4, "z_dim": 8, "w_dim": 16, "channel_base": 64, "channel_max": 8, "r1_interval": 2,
+           "checkpoint_every": 2, "quality_every": 4, "sample_every": 4, "quality_samples": 2, "classifier_epochs": 1, "log_every": 2,
+           "seed": 3}
 
 
 def _killed_at_step_2(crc, out, monkeypatch, *, v1: bool):
