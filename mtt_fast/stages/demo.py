@@ -51,19 +51,20 @@ def run_demo(out: Path, *, data_root: str | None = None, overwrite: bool = False
     t0 = time.perf_counter()
     out = Path(out)
     with open_run(out, {"command": "demo", "seed": seed, "settings": s}, overwrite=overwrite) as run:
-        table = _run(out, s, seed, data_root, {"device": device, "progress": progress, "log": log}, log)
+        table, synsets = _run(out, s, seed, data_root, {"device": device, "progress": progress, "log": log}, log)
         run.complete()
     log("")
     log(table)
     rt = runtime(device)
     log(f"demo finished in {time.perf_counter() - t0:.0f} s (torch {rt['torch']}, {rt['threads']} threads, "
         f"CPU kernels {rt['cpu_capability']}); grids: "
-        f"{', '.join(str(out / d / 'synset' / 'grid.png') for d in sorted(p.name for p in out.glob('*_ipc*')))}")
+        f"{', '.join(str(p / 'synset' / 'grid.png') for p in synsets)}")
     return table
 
 
-def _run(out: Path, s: dict, seed: int, data_root: str | None, run: dict, log: Callable[[str], None]) -> str:
-    """The demo's stages; returns the table."""
+def _run(out: Path, s: dict, seed: int, data_root: str | None, run: dict,
+         log: Callable[[str], None]) -> tuple[str, list[Path]]:
+    """The demo's stages; returns the table and the synsets' run directories."""
     dsa = dsa_dict()
 
     # 1. experts
@@ -97,4 +98,4 @@ def _run(out: Path, s: dict, seed: int, data_root: str | None, run: dict, log: C
         rows.append((label, run_eval(stage, path / "eval", label=label, **run)))
     table = results_markdown(rows)
     write_text(out / "results.md", table)
-    return table
+    return table, [p for _, p in synsets]
