@@ -57,7 +57,8 @@ def save_generator(out: str | Path, G: Generator, bundle, *, step: int, extra: d
 
 
 def save_checkpoint(path: str | Path, cfg, *, step: int, cur_nimg: int, modules: dict[str, nn.Module],
-                    optimizers: dict[str, torch.optim.Optimizer], gen: torch.Generator) -> None:
+                    optimizers: dict[str, torch.optim.Optimizer], gen: torch.Generator,
+                    logging: dict | None = None) -> None:
     """Write the checkpoint (see the module docstring) atomically, and its ``.json`` twin."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
@@ -67,7 +68,7 @@ def save_checkpoint(path: str | Path, cfg, *, step: int, cur_nimg: int, modules:
         tensors.update(optimizer_state(name, opt))
     tensors["rng"] = gen.get_state()
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step), "cur_nimg": int(cur_nimg),
-            "config": asdict(cfg)}
+            "config": asdict(cfg), **({"logging": logging} if logging is not None else {})}
     save_tensors(path, tensors, metadata={"mtt_fast": json.dumps(meta)})
     write_json(path.with_suffix(".json"), meta)
 
@@ -92,11 +93,12 @@ def upgrade_v1_optimizer_keys(tensors: dict[str, torch.Tensor],
 
 
 def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                    gen: torch.Generator) -> tuple[int, int]:
+                    gen: torch.Generator) -> tuple[int, int, dict | None]:
     """Restore ``modules``, ``optimizers`` and ``gen`` in place from a checkpoint of version 1 or 2.
 
     Returns:
-        ``(step, cur_nimg)``.
+        ``(step, cur_nimg, logging)``: ``logging`` holds the running sums of the next metrics
+        record (None in checkpoints written before they were saved).
 
     Raises:
         UserError: one line naming the run directory, when the file is not a checkpoint this
@@ -122,7 +124,7 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], optimize
             if load_optimizer_state(name, opt, tensors) == 0 and step > 0:
                 raise KeyError(f"no state of optimizer {name}")
         gen.set_state(tensors["rng"])
-        return step, int(meta["cur_nimg"])
+        return step, int(meta["cur_nimg"]), meta.get("logging")
     except (ValueError, KeyError, RuntimeError, json.JSONDecodeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"--out {path.parent}: the checkpoint {path.name} cannot be resumed ({msg}); "

@@ -74,6 +74,10 @@ class GANTrainer:
         self.sampler = BalancedSampler(self.train)
         self._build()
         self.cur_step, self.cur_nimg = 0, 0
+        self.r1_last = float("nan")
+        #: the running sums of the next metrics record, saved with every checkpoint so that a resume
+        #: between two records logs the same averages as an uninterrupted run
+        self.log_sums, self.log_count = dict.fromkeys(LOGGED, 0.0), 0
         self.ckpt = self.out / "checkpoint.safetensors"
         self.metrics_path = self.out / "metrics.jsonl"
         if self.ckpt.is_file():
@@ -91,7 +95,6 @@ class GANTrainer:
             if "class_consistency" in r:
                 self.last_quality = {k: r[k] for k in ("class_consistency", "per_class", "real_val_accuracy")
                                      if k in r}
-        self.r1_last = float("nan")
 
     def _build(self) -> None:
         """G and D from ``cfg.seed`` alone; G_ema a copy of G; Adam for both (D's lazily-regularized)."""
@@ -116,7 +119,10 @@ class GANTrainer:
 
     def load_checkpoint(self) -> None:
         """Restore the networks, optimizers, training generator and counters from ``out``'s checkpoint."""
-        self.cur_step, self.cur_nimg = load_checkpoint(self.ckpt, **self._state())
+        self.cur_step, self.cur_nimg, logging = load_checkpoint(self.ckpt, **self._state())
+        if logging:  # checkpoints written before the running sums were saved have none
+            self.log_sums, self.log_count = dict(logging["sums"]), int(logging["count"])
+            self.r1_last = float(logging["r1_last"])
 
     def save_checkpoint(self) -> None:
         """Write the EMA generator (``generator.safetensors`` + ``generator.json``), then the checkpoint:
@@ -124,7 +130,8 @@ class GANTrainer:
         the steps since the previous checkpoint and writes both again)."""
         save_generator(self.out, self.G_ema, self.bundle, step=self.cur_step,
                        extra={"training": asdict(self.cfg), "classifier": self.clf_info, "quality": self.last_quality})
-        save_checkpoint(self.ckpt, self.cfg, step=self.cur_step, cur_nimg=self.cur_nimg, **self._state())
+        save_checkpoint(self.ckpt, self.cfg, step=self.cur_step, cur_nimg=self.cur_nimg, **self._state(),
+                        logging={"sums": self.log_sums, "count": self.log_count, "r1_last": self.r1_last})
 
     def _resume(self) -> None:
         self.load_checkpoint()
@@ -239,16 +246,14 @@ class GANTrainer:
         """
         self.G.train()
         self.D.train()
-        sums, count = dict.fromkeys(LOGGED, 0.0), 0
         bar = tqdm(total=self.cfg.steps, initial=self.cur_step, desc="gan", disable=not self.progress,
                    dynamic_ncols=True)
         while self.cur_step < self.cfg.steps:
             for k, v in self.step().items():
-                sums[k] += v
-            count += 1
+                self.log_sums[k] += v
+            self.log_count += 1
             bar.update(1)
-            if self._after_step(bar, sums, count):
-                sums, count = dict.fromkeys(LOGGED, 0.0), 0
+            self._after_step(bar)
         bar.close()
         if self.last_quality is None or not (self.out / "generator.safetensors").is_file():
             # a rerun of a run that had already reached its last step before being killed
@@ -258,16 +263,17 @@ class GANTrainer:
         return {"step": self.cur_step, "quality": self.last_quality, "classifier": self.clf_info,
                 "generator": str(self.out / "generator.json")}
 
-    def _after_step(self, bar, sums: dict[str, float], count: int) -> bool:
-        """Log / quality / samples / checkpoint as due after a step; True when ``sums`` were logged."""
+    def _after_step(self, bar) -> None:
+        """Log / quality / samples / checkpoint as due after a step (the running sums restart after a log)."""
         cfg, step = self.cfg, self.cur_step
         last = step == cfg.steps
-        record, logged = None, False
+        record = None
         if step % cfg.log_every == 0 or last:
-            record = {"step": step, "kimg": self.cur_nimg / 1000, **{k: v / max(count, 1) for k, v in sums.items()},
+            count = max(self.log_count, 1)
+            record = {"step": step, "kimg": self.cur_nimg / 1000, **{k: v / count for k, v in self.log_sums.items()},
                       "r1": self.r1_last}
             bar.set_postfix(G=f"{record['loss_G']:.3f}", D=f"{record['loss_D']:.3f}", refresh=False)
-            logged = True
+            self.log_sums, self.log_count = dict.fromkeys(LOGGED, 0.0), 0
         if step % cfg.quality_every == 0 or last:
             self.last_quality = self.quality()
             record = {**(record or {"step": step, "kimg": self.cur_nimg / 1000}), **self.last_quality}
@@ -283,4 +289,3 @@ class GANTrainer:
             self.write_samples()
         if step % cfg.checkpoint_every == 0 or last:
             self.save_checkpoint()
-        return logged

@@ -159,14 +159,6 @@ def test_full_or_read_only_out_is_one_line_and_resumable(name, kind, which, requ
     assert_same_run(out, request.getfixturevalue(f"{name}_ref"))
 
 
-GAN_LOG_AFTER_RESUME = (
-    "generative/trainer.py GANTrainer.run(): the running sums of loss_G/loss_D/D_real/D_fake (and r1_last) "
-    "start again at 0 / NaN on resume, so when --checkpoint-every is not a multiple of --log-every (here 3 and "
-    "2) the first record after a resume averages only the steps since the checkpoint (step 4: loss_G 0.570 "
-    "instead of 0.798, r1 NaN instead of 0.091); the weights are unaffected")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=GAN_LOG_AFTER_RESUME)
 def test_gan_metrics_after_a_resume_between_two_records(request, tmp_path):
     def args(out):
         a = _args("gan", request, out)
