@@ -94,28 +94,6 @@ def finished(out: str | Path, config: dict, *, overwrite: bool = False, option: 
     return True
 
 
-def prepare_out(out: str | Path, config: dict, *, overwrite: bool = False, option: str = "--out",
-                defaults: dict | None = None) -> str:
-    """Make ``out`` ready for a run with ``config`` (no lock; :func:`open_run` is the owned form).
-
-    ``defaults`` holds the default value of settings that newer versions added: a run
-    written before a setting existed matches when the setting is at its default now.
-
-    Returns:
-        ``"new"`` (fresh directory), ``"resume"`` (unfinished run with the same settings) or
-        ``"complete"`` (finished run with the same settings: nothing to do).
-    """
-    out = Path(out)
-    state = check_out(out, config, overwrite=overwrite, option=option, defaults=defaults)
-    if state != "new":
-        return state
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    _mkdir(out, option)
-    write_yaml(out / "config.yaml", _plain(config))
-    return "new"
-
-
 def mark_complete(out: str | Path) -> None:
     write_text(Path(out) / "COMPLETE", "")
 

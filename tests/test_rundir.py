@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from mtt_fast.errors import UserError
-from mtt_fast.rundir import mark_complete, prepare_out
+from mtt_fast.rundir import mark_complete, open_run
+
+
+def prepare_out(out, config, **kw) -> str:
+    """What a stage finds in ``out`` (and the lock released again)."""
+    with open_run(out, config, **kw) as run:
+        return run.state
 
 
 def test_new_setting_at_its_default_matches_an_old_run(tmp_path):
