@@ -34,12 +34,16 @@ class Synset:
         syn_lr: the learned student learning rate, or None (random-real baseline).
         meta: JSON-able description: method, ipc, classes, dataset meta, normalization,
             distillation settings, the iteration it was taken at, its validation score.
+        soft_labels: ``[n, K]`` float32 label logits (DATM-style learned or expert soft labels;
+            a network trained on the set uses ``softmax(soft_labels)`` as its targets), or None.
+            ``labels`` stays the hard class of each image (what grids and counts use).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     syn_lr: float | None
     meta: dict = field(default_factory=dict)
+    soft_labels: torch.Tensor | None = None
 
     def save(self, out: str | Path) -> None:
         """Write the three files into ``out`` (each atomically)."""
@@ -48,6 +52,8 @@ class Synset:
         tensors = {"images": self.images.float(), "labels": self.labels.long()}
         if self.syn_lr is not None:
             tensors["syn_lr"] = torch.tensor(float(self.syn_lr))
+        if self.soft_labels is not None:
+            tensors["soft_labels"] = self.soft_labels.float()
         save_tensors(out / "synset.safetensors", tensors)
         write_json(out / "meta.json", {"format": SYNSET_FORMAT, **self.meta})
         save_grid(self.images, self.labels, self.meta["normalization"], out / "grid.png",
@@ -75,8 +81,16 @@ class Synset:
         if not torch.isfinite(images).all():
             raise UserError(f"--synset {path}/synset.safetensors holds NaN or infinite pixels")
         syn_lr = float(t["syn_lr"]) if "syn_lr" in t else None
+        soft = t.get("soft_labels")
+        if soft is not None:
+            k = len(meta.get("classes", []))
+            if soft.dim() != 2 or soft.shape[0] != images.shape[0] or (k and soft.shape[1] != k):
+                raise UserError(f"--synset {path}/synset.safetensors: soft_labels {tuple(soft.shape)} do not fit "
+                                f"{images.shape[0]} images of {k} classes")
+            if not torch.isfinite(soft).all():
+                raise UserError(f"--synset {path}/synset.safetensors holds NaN or infinite soft labels")
         meta.pop("format", None)
-        return cls(images, labels, syn_lr, meta)
+        return cls(images, labels, syn_lr, meta, soft_labels=soft)
 
 
 def to_pictures(images: torch.Tensor, normalization: dict) -> torch.Tensor:
