@@ -271,20 +271,23 @@ def sweep(grid, preset, out, device, progress):
                    f"else {_EV.default_lr:g}).")
 @click.option("--batch-size", type=int, default=_EV.batch_size, show_default=True)
 @click.option("--split", type=click.Choice(["test", "val"]), default=_ES.split, show_default=True)
+@click.option("--hard-labels", is_flag=True, default=_ES.hard_labels,
+              help="Train on the synset's hard classes even when it has soft labels (default: a synset with soft "
+                   "labels is trained on with soft cross-entropy against softmax(soft_labels)).")
 @dsa_options
 @click.option("--out", required=True, help="Directory for results.json and results.md.")
 @click.option("--overwrite", is_flag=True, help="Replace existing results in --out.")
 @common_options
 @user_errors
-def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, split, dsa_strategy, dsa_mode, dsa_impl, out,
-             overwrite, seed, device, progress):
+def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, split, hard_labels, dsa_strategy, dsa_mode,
+             dsa_impl, out, overwrite, seed, device, progress):
     """Train networks from scratch on a synset and test them on real data."""
     from mtt_fast.stages import EvalStage, run_eval
 
     cfg = EvalConfig(epochs=epochs, lr=lr, batch_size=batch_size, dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode),
                      dsa_impl=dsa_impl)
     stage = EvalStage(synset_dir, cfg, archs=[a.strip() for a in archs.split(",") if a.strip()], repeats=repeats,
-                      split=split, seed=seed, data_root=data_root)
+                      split=split, seed=seed, data_root=data_root, hard_labels=hard_labels)
     run_eval(stage, out_path(out), overwrite=overwrite, device=device, progress=progress, log=echo)
 
 
