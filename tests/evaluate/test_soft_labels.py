@@ -107,3 +107,16 @@ def test_report_keeps_the_soft_row_apart_from_its_hard_twin(evals, tmp_path):
     assert cells[5].startswith(f"{hard:.1f} ±") and cells[6].startswith(f"{soft:.1f} ±"), row
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert sorted(e["labels"] for e in data["table1"]) == ["hard", "soft"]
+
+
+def test_an_evaluation_written_before_hard_labels_existed_is_still_finished(evals):
+    import yaml
+
+    tmp, _ = evals
+    cfg_file = tmp / "ev_plain" / "config.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text())
+    assert cfg.pop("hard_labels") is False
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    out = run("eval", "--synset", tmp / "random", "--repeats", "1", "--epochs", "2", "--no-progress",
+              "--out", tmp / "ev_plain").output
+    assert "nothing to do" in out

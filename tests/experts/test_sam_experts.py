@@ -68,3 +68,18 @@ def test_buffer_cli_records_sam_and_refuses_bad_settings(crc_root, tmp_path):
     # another rho on the same --out is refused, naming the setting
     r = run(*args, "--sam-rho", "0.02", "--gsam-alpha", "0.3", "--out", tmp_path / "s", ok=False)
     assert r.exit_code == 2 and "sam_rho" in r.output, r.output
+
+
+def test_a_store_written_before_sam_existed_is_still_finished(crc_root, tmp_path):
+    """Its config.yaml has no sam_rho / gsam_alpha: the defaults (plain SGD) are what it was made with."""
+    import yaml
+
+    args = ["buffer", "--dataset", "crc", "--data-root", crc_root, "--cache-dir", tmp_path / "cache", *TINY,
+            "--num-experts", "1", "--epochs", "1", "--out", tmp_path / "old"]
+    run(*args)
+    cfg_file = tmp_path / "old" / "config.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text())
+    assert cfg.pop("sam_rho") == 0.0 and cfg.pop("gsam_alpha") == 0.0
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    assert "nothing to do" in run(*args).output
+    assert run(*args, "--sam-rho", "0.01", ok=False).exit_code == 2
