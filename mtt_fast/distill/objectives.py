@@ -15,6 +15,7 @@ for soft labels, the label logits; extra metrics).
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +57,13 @@ def build_student(store, cfg, device: torch.device) -> Student:
     return Student.of(store.build_network(block_impl=cfg.block_impl).to(device), aug_impl=cfg.dsa_impl)
 
 
+def _takes(fn, name: str) -> bool:
+    """Whether the callable ``fn`` (maybe a ``functools.partial``) accepts the keyword ``name``."""
+    fn = fn.func if isinstance(fn, functools.partial) else fn
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _cuda_reset(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -87,6 +95,9 @@ class TrajectoryMatching:
         self.store, self.cfg, self.device, self.dsa = store, cfg, device, dsa
         self.student = build_student(store, cfg, device)
         self.loss_mask = layer_mask(self.student.layout, t.match_layers, device)
+        if self.loss_mask is not None and not _takes(self.engine, "loss_mask"):
+            raise UserError(f"--match-layers {t.match_layers}: the matching engine {t.engine} cannot restrict the "
+                            f"loss to some layers in this build (only --match-layers all)")
 
     def upper_start_epoch(self, iteration: int) -> int:
         """T+ at ``iteration``: fixed, or DATM's growing bound (``--start-epoch-schedule``)."""
@@ -117,7 +128,7 @@ class TrajectoryMatching:
             extra["upper_start_epoch"] = upper
         info = getattr(res, "info", None)
         if info:
-            extra["engine_info"] = info
+            extra["engine_info"] = {k: v for k, v in info.items() if isinstance(v, (bool, int, float, str, type(None)))}
         return ObjectiveResult(res.loss, res.grad_images, res.grad_lr, grad_labels, extra)
 
 

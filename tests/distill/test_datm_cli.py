@@ -192,3 +192,28 @@ def test_kill_and_resume_with_soft_labels_ema_and_skips_equals_an_uninterrupted_
     assert strip(_lines(ref)) == strip(_lines(out))
     ta, tb = load_tensors(ref / "checkpoint.safetensors"), load_tensors(out / "checkpoint.safetensors")
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_match_layers_needs_an_engine_with_the_mask(store, tmp_path):
+    from tests.distill.contract_engine import has_contract
+
+    r = run("distill", "--buffer", store, *BASE, "--match-layers", "2:", "--out", tmp_path / "m", ok=has_contract())
+    if not has_contract():  # this build's engines predate issue 18's contract: one clear line, nothing written
+        assert r.exit_code == 2 and "--match-layers 2:" in r.output and not (tmp_path / "m").exists()
+
+
+def test_sweep_preset_datm_runs_its_ipc_point_scaled_to_the_store(store, tmp_path, monkeypatch):
+    patch_engines(monkeypatch)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"base:\n  buffer: {store}\n  ipc: 1\n  syn_steps: 2\n  iterations: 2\n  eval_it: 2\n"
+                    f"  eval_epochs: 1\n  expert_epochs: 1\n  lr_img: 10\n")
+    out = tmp_path / "sweep"
+    run("sweep", grid, "--preset", "datm", "--out", out, "--no-progress")
+    (row,) = json.loads((out / "summary.json").read_text())["rows"]
+    # DATM's ipc 1 point: lr_y 5, skip above 1.1, T+ 4 scaled to the 3-epoch store (round(4 * 3 / 50) -> 1)
+    assert row["point"] == {"lr_y": 5.0, "skip_loss_above": 1.1, "max_start_epoch": 1, "lr_lr": 1e-7}
+    s = Synset.load(row["run"])
+    d = s.meta["distill"]
+    assert d["soft_labels"] is True and d["syn_steps"] == 2 and d["lr_img"] == 10 and s.soft_labels is not None
+    r = run("sweep", grid, "--preset", "nope", "--out", out, ok=False)
+    assert r.exit_code == 2
