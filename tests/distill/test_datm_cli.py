@@ -217,3 +217,12 @@ def test_sweep_preset_datm_runs_its_ipc_point_scaled_to_the_store(store, tmp_pat
     assert d["soft_labels"] is True and d["syn_steps"] == 2 and d["lr_img"] == 10 and s.soft_labels is not None
     r = run("sweep", grid, "--preset", "nope", "--out", out, ok=False)
     assert r.exit_code == 2
+
+
+def test_soft_labels_need_an_engine_with_the_contract(store, tmp_path):
+    from tests.distill.contract_engine import has_contract
+
+    r = run("distill", "--buffer", store, *BASE, "--soft-labels", "--out", tmp_path / "s", ok=has_contract())
+    if not has_contract():
+        assert r.exit_code == 2 and "--soft-labels: the matching engine adjoint" in r.output
+        assert not (tmp_path / "s").exists()
