@@ -36,7 +36,7 @@ def test_soft_labels_are_initialised_from_the_expert_and_learned(store, tmp_path
     k = len(last.meta["classes"])
     assert last.soft_labels is not None and last.soft_labels.shape == (len(last.labels), k)
     assert last.meta["distill"]["soft_labels"] is True and last.meta["distill"]["lr_y"] == 5.0
-    assert last.meta["soft_labels"] == {"expert": "expert 0 at epoch 3", "learned": True}
+    assert last.meta["soft_label_source"] == {"expert": "expert 0 at epoch 3", "learned": True}
     ckpt = load_tensors(out / "checkpoint.safetensors")
     assert torch.equal(ckpt["soft_labels"], last.soft_labels) and "momentum_y" in ckpt
     # the same run with a vanishing lr_y keeps (about) the initial logits: lr_y 5 moved them
@@ -71,7 +71,7 @@ def test_real_image_baselines_with_and_without_soft_labels(store, tmp_path, meth
     assert torch.equal(h.images, s.images) and torch.equal(h.labels, s.labels)  # same choice, only labels differ
     expert = ExpertNetwork(TrajectoryStore.open(store))
     assert torch.allclose(s.soft_labels, expert.logits(s.images), atol=1e-5)
-    assert s.meta["soft_labels"]["learned"] is False
+    assert s.meta["soft_label_source"]["learned"] is False
     if method != "random":  # deterministic: the same images from another seed
         again = tmp_path / f"{method}-seed"
         run("distill", "--buffer", store, "--method", method, "--ipc", "2", "--seed", "9", "--no-progress", "--out", again)
