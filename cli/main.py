@@ -142,21 +142,27 @@ def data_stats(dataset, data_root, res, normalization, data_option, cache_dir, s
 @click.option("--max-train-per-class", type=int, default=_E.max_train_per_class,
               help="Train on at most this many images per class (quick runs).")
 @click.option("--jitter/--no-jitter", default=None, help="Color jitter + h/v flips of the paper (default: on for pg/crc).")
+@click.option("--sam-rho", type=float, default=_E.sam_rho, show_default=True,
+              help="Sharpness-aware experts (SAM, as FTD): every step takes its gradient at w + rho g/||g|| "
+                   "and steps from w. 0: plain SGD. FTD uses 0.01.")
+@click.option("--gsam-alpha", type=float, default=_E.gsam_alpha, show_default=True,
+              help="GSAM's surrogate-gap term with --sam-rho: subtract alpha times the part of the gradient at w "
+                   "orthogonal to the SAM gradient. 0: plain SAM. FTD uses 0.3.")
 @dsa_options
 @click.option("--out", required=True, help="Store directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store in --out.")
 @common_options
 @user_errors
 def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch, width, depth, num_experts, epochs, lr,
-           momentum, weight_decay, batch_size, max_train_per_class, jitter, dsa_strategy, dsa_mode, dsa_impl, out,
-           overwrite, seed, device, progress):
+           momentum, weight_decay, batch_size, max_train_per_class, jitter, sam_rho, gsam_alpha, dsa_strategy, dsa_mode,
+           dsa_impl, out, overwrite, seed, device, progress):
     """Train expert networks on the real data and store their trajectories."""
     from mtt_fast.stages import BufferStage, run_buffer
 
     cfg = ExpertConfig(arch=arch, width=width, depth=depth, num_experts=num_experts, epochs=epochs, lr=lr,
                        momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
                        dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl,
-                       max_train_per_class=max_train_per_class, seed=seed)
+                       max_train_per_class=max_train_per_class, seed=seed, sam_rho=sam_rho, gsam_alpha=gsam_alpha)
     stage = BufferStage(data_options_of(dataset, data_root, res, normalization, data_option, cache_dir), cfg, jitter)
     run_buffer(stage, out_path(out), overwrite=overwrite, device=device, progress=progress, log=echo)
 
@@ -296,20 +302,23 @@ def sweep(grid, preset, out, device, progress):
                    f"else {_EV.default_lr:g}).")
 @click.option("--batch-size", type=int, default=_EV.batch_size, show_default=True)
 @click.option("--split", type=click.Choice(["test", "val"]), default=_ES.split, show_default=True)
+@click.option("--hard-labels", is_flag=True, default=_ES.hard_labels,
+              help="Train on the synset's hard classes even when it has soft labels (default: a synset with soft "
+                   "labels is trained on with soft cross-entropy against softmax(soft_labels)).")
 @dsa_options
 @click.option("--out", required=True, help="Directory for results.json and results.md.")
 @click.option("--overwrite", is_flag=True, help="Replace existing results in --out.")
 @common_options
 @user_errors
-def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, split, dsa_strategy, dsa_mode, dsa_impl, out,
-             overwrite, seed, device, progress):
+def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, split, hard_labels, dsa_strategy, dsa_mode,
+             dsa_impl, out, overwrite, seed, device, progress):
     """Train networks from scratch on a synset and test them on real data."""
     from mtt_fast.stages import EvalStage, run_eval
 
     cfg = EvalConfig(epochs=epochs, lr=lr, batch_size=batch_size, dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode),
                      dsa_impl=dsa_impl)
     stage = EvalStage(synset_dir, cfg, archs=[a.strip() for a in archs.split(",") if a.strip()], repeats=repeats,
-                      split=split, seed=seed, data_root=data_root)
+                      split=split, seed=seed, data_root=data_root, hard_labels=hard_labels)
     run_eval(stage, out_path(out), overwrite=overwrite, device=device, progress=progress, log=echo)
 
 
