@@ -226,3 +226,20 @@ def test_soft_labels_need_an_engine_with_the_contract(store, tmp_path):
     if not has_contract():
         assert r.exit_code == 2 and "--soft-labels: the matching engine adjoint" in r.output
         assert not (tmp_path / "s").exists()
+
+
+def test_engine_auto_takes_the_memory_budget_and_logs_its_split(store, tmp_path):
+    from mtt_fast.match import ENGINES
+
+    if "auto" not in ENGINES:
+        pytest.skip("this build has no --engine auto")
+    out = tmp_path / "auto"
+    run("distill", "--buffer", store, *BASE, "--engine", "auto", "--memory-budget", "1MiB", "--out", out)
+    assert json.loads((out / "synset" / "meta.json").read_text())["distill"]["memory_budget"] == 2**20
+    steps = [r for r in _lines(out) if "loss" in r]
+    assert all(r["engine_info"]["memory_budget"] == 2**20 and r["engine_info"]["steps"] == 2 for r in steps)
+    # the same run under adjoint gives the same losses (auto is exact too)
+    ref = tmp_path / "adjoint"
+    run("distill", "--buffer", store, *BASE, "--out", ref)
+    a = [r["loss"] for r in _lines(ref) if "loss" in r]
+    assert [r["loss"] for r in steps] == pytest.approx(a, rel=1e-4)
