@@ -293,7 +293,8 @@ def report(study: Study, args, times: dict, t_start: float) -> None:
 
     L = [f"# GLaD study (issue 17): Fashion-MNIST at {s['res']} px, CPU scale" + (" -- QUICK (plumbing only)" if quick else ""),
          "", f"`{meta['command']}` at commit {meta['commit']}, torch {meta['torch']}, one CPU thread per cell "
-         f"({args.jobs} cells at a time); {meta['cpu_seconds_total'] / 60:.1f} CPU-minutes in the cells timed so far.",
+         f"({args.jobs} cells at a time); the timed cells took {meta['cpu_seconds_total'] / 60:.1f} minutes of wall time "
+         "summed over cells (one thread each; more than their CPU time on a busy machine).",
          "" if not quick else "\n**--quick: tiny settings that only check that every cell runs; the numbers mean nothing.**",
          "", "## Generators: ADA vs today's recipe, the same steps",
          "", "Quality in the feature space of the class-consistency classifier (`mtt_fast/generative/quality.py`): "
