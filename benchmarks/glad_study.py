@@ -199,11 +199,13 @@ class Study:
         times = _read(self.out / "times.json") or {}
         pending = [c for c in self.cells.values() if not c.done()]
         running: dict[str, tuple[subprocess.Popen, float]] = {}
+        log_files: dict[str, object] = {}
         failed: list[str] = []
         while pending or running:
             for name, (proc, t0) in list(running.items()):
                 if proc.poll() is not None:
                     del running[name]
+                    log_files.pop(name).close()
                     if proc.returncode == 0 and self.cells[name].done():
                         times[name] = time.perf_counter() - t0
                         (self.out / "times.json").write_text(json.dumps(times, indent=1))
@@ -219,7 +221,7 @@ class Study:
                     break
                 pending.remove(c)
                 argv = [sys.executable, "-m", "mtt_fast.cli.main", *[str(a) for a in c.argv()]]
-                log = open(logs / f"{c.name}.log", "a")
+                log = log_files[c.name] = open(logs / f"{c.name}.log", "a")  # noqa: SIM115 - closed when it ends
                 log.write(" ".join(argv) + "\n")
                 log.flush()
                 running[c.name] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO),
@@ -292,15 +294,15 @@ def report(study: Study, args, times: dict, t_start: float) -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps({**meta, "generators": gans, "table": table}, indent=1))
 
     L = [f"# GLaD study (issue 17): Fashion-MNIST at {s['res']} px, CPU scale" + (" -- QUICK (plumbing only)" if quick else ""),
-         "", f"`{meta['command']}` at commit {meta['commit']}, torch {meta['torch']}, one CPU thread per cell "
-         f"({args.jobs} cells at a time); the timed cells took {meta['cpu_seconds_total'] / 60:.1f} minutes of wall time "
-         "summed over cells (one thread each; more than their CPU time on a busy machine).",
+         "", (f"`{meta['command']}` at commit {meta['commit']}, torch {meta['torch']}, one CPU thread per cell "
+              f"({args.jobs} cells at a time); the timed cells took {meta['cpu_seconds_total'] / 60:.1f} minutes of "
+              "wall time summed over cells (one thread each; more than their CPU time on a busy machine)."),
          "" if not quick else "\n**--quick: tiny settings that only check that every cell runs; the numbers mean nothing.**",
          "", "## Generators: ADA vs today's recipe, the same steps",
-         "", "Quality in the feature space of the class-consistency classifier (`mtt_fast/generative/quality.py`): "
-         "kid = unbiased kernel distance to real validation images, mean over classes (lower is better); "
-         "diversity = mean pairwise feature distance within a class, generated / real (1 = as varied as real). "
-         "Best = the quality step with the lowest kid (generator_best.json).", "",
+         "", ("Quality in the feature space of the class-consistency classifier (`mtt_fast/generative/quality.py`): "
+              "kid = unbiased kernel distance to real validation images, mean over classes (lower is better); "
+              "diversity = mean pairwise feature distance within a class, generated / real (1 = as varied as "
+              "real). Best = the quality step with the lowest kid (generator_best.json)."), "",
          "| run | images/class | steps | class consistency % | kid (last) | kid (best, step) | diversity gen/real | final p |",
          "|---|---|---|---|---|---|---|---|"]
     for n, g in gans.items():
@@ -320,8 +322,9 @@ def report(study: Study, args, times: dict, t_start: float) -> None:
                  f"{_f(rb.get('diversity_ratio'), 3)} | {_f(ra.get('class_consistency'), pct=True)} | "
                  f"{_f(rb.get('class_consistency'), pct=True)} |")
     L += ["", "## Distillation: test accuracy %, mean ± std over the networks of each cell", "",
-          f"GLaD's generator: `{Path(meta['generator_for_glad']).parent.name}` (lower best kid). GLaD row = the grid "
-          "point with the best validation score (grid below). Unseen = mean over the architectures other than ConvNet.",
+          (f"GLaD's generator: `{Path(meta['generator_for_glad']).parent.name}` (lower best kid). GLaD row = the "
+           "grid point with the best validation score (grid below). Unseen = mean over the architectures other "
+           "than ConvNet."),
           "", "| method | ipc | " + " | ".join(archs) + " | unseen mean |", "|---|---|" + "---|" * (len(archs) + 1)]
     for row in table:
         cells = " | ".join("-" if c is None else f"{c['mean']:.2f} ± {c['std']:.2f}" for c in row["cells"].values())
