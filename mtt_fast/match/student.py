@@ -38,13 +38,22 @@ class Student:
                   step: StepPlan) -> torch.Tensor:
         """Cross-entropy of the student on one planned (augmented) minibatch.
 
+        With hard labels (integer ``[n]``) this is the ordinary cross-entropy; with soft
+        labels (floating ``[n, K]`` logits, DATM's learnable labels) it is the soft
+        cross-entropy ``-(softmax(y_b) * log_softmax(logits)).sum(1).mean()``, differentiable
+        w.r.t. the label logits.
+
         Args:
             theta: ``[P]`` parameters.
             images: the whole synthetic set ``[n, C, H, W]``.
-            labels: ``[n]`` class indices.
+            labels: ``[n]`` class indices, or ``[n, K]`` soft-label logits.
             step: which images and which augmentation.
         """
         x = images[step.indices]
         if step.aug is not None:
             x = apply_augment(x, step.aug, impl=self.aug_impl)
-        return F.cross_entropy(self(theta, x), labels[step.indices])
+        logits = self(theta, x)
+        y = labels[step.indices]
+        if y.is_floating_point():
+            return -(torch.softmax(y, dim=1) * torch.log_softmax(logits, dim=1)).sum(1).mean()
+        return F.cross_entropy(logits, y)

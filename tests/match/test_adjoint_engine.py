@@ -96,7 +96,7 @@ def test_every_engine_is_registered_and_agrees_on_the_loss():
     lr = torch.tensor(0.05, dtype=torch.float64)
     plan = _plan(len(y), tuple(x.shape[1:]), 3, 4, torch.float64)
     losses = {name: fn(student, start, target, x, y, lr, plan).loss for name, fn in ENGINES.items()}
-    assert set(losses) == {"full", "adjoint", "tesla"}
+    assert set(losses) == {"auto", "full", "adjoint", "tesla"}
     assert all(torch.allclose(v, losses["full"], rtol=1e-12) for v in losses.values())
 
 
