@@ -1,4 +1,4 @@
-"""Benchmark: one distillation iteration per matching engine (full | adjoint | tesla).
+"""Benchmark: one distillation iteration per matching engine (auto | full | adjoint | tesla).
 
 For each setting and N it runs each engine in its own subprocess (so the CPU peak resident
 set belongs to that engine alone) and reports the median seconds per iteration and the peak
@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--settings", default="cifar,fmnist")
     ap.add_argument("--engines", default="full,adjoint,tesla",
-                    help="comma list of full, adjoint, tesla, adjoint_offload (--offload-history)")
+                    help="comma list of auto, full, adjoint, tesla, adjoint_offload (--offload-history)")
     ap.add_argument("--steps", default=None, help="comma list overriding each setting's N values")
     ap.add_argument("--tesla-steps", default="20", help="N values at which tesla runs (it is approximate)")
     ap.add_argument("--iters", type=int, default=3, help="iterations per child; the first is a warm-up when >1")

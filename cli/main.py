@@ -32,7 +32,10 @@ from mtt_fast.distill import (
 )
 from mtt_fast.evaluate.protocol import EvalConfig
 from mtt_fast.experts import ExpertConfig
+from mtt_fast.distill.options import parse_bytes
+from mtt_fast.match import ENGINES
 from mtt_fast.stages import common as stage_common
+from mtt_fast.stages.sweep import PRESET_NAMES
 from mtt_fast.stages.evaluate import EvalStage
 
 _E, _D, _T, _G, _DD, _IE, _EV = (ExpertConfig(), DistillConfig(), TrajectoryOptions(), GLaDOptions(), DDOptions(),
@@ -147,21 +150,27 @@ def data_stats(dataset, data_root, res, normalization, data_option, cache_dir, s
 @click.option("--max-train-per-class", type=int, default=_E.max_train_per_class,
               help="Train on at most this many images per class (quick runs).")
 @click.option("--jitter/--no-jitter", default=None, help="Color jitter + h/v flips of the paper (default: on for pg/crc).")
+@click.option("--sam-rho", type=float, default=_E.sam_rho, show_default=True,
+              help="Sharpness-aware experts (SAM, as FTD): every step takes its gradient at w + rho g/||g|| "
+                   "and steps from w. 0: plain SGD. FTD uses 0.01.")
+@click.option("--gsam-alpha", type=float, default=_E.gsam_alpha, show_default=True,
+              help="GSAM's surrogate-gap term with --sam-rho: subtract alpha times the part of the gradient at w "
+                   "orthogonal to the SAM gradient. 0: plain SAM. FTD uses 0.3.")
 @dsa_options
 @click.option("--out", required=True, help="Store directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store in --out.")
 @common_options
 @user_errors
 def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch, width, depth, num_experts, epochs, lr,
-           momentum, weight_decay, batch_size, max_train_per_class, jitter, dsa_strategy, dsa_mode, dsa_impl, out,
-           overwrite, seed, device, progress):
+           momentum, weight_decay, batch_size, max_train_per_class, jitter, sam_rho, gsam_alpha, dsa_strategy, dsa_mode,
+           dsa_impl, out, overwrite, seed, device, progress):
     """Train expert networks on the real data and store their trajectories."""
     from mtt_fast.stages import BufferStage, run_buffer
 
     cfg = ExpertConfig(arch=arch, width=width, depth=depth, num_experts=num_experts, epochs=epochs, lr=lr,
                        momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
                        dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl,
-                       max_train_per_class=max_train_per_class, seed=seed)
+                       max_train_per_class=max_train_per_class, seed=seed, sam_rho=sam_rho, gsam_alpha=gsam_alpha)
     stage = BufferStage(data_options_of(dataset, data_root, res, normalization, data_option, cache_dir), cfg, jitter)
     run_buffer(stage, out_path(out), overwrite=overwrite, device=device, progress=progress, log=echo)
 
@@ -172,17 +181,29 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @click.option("--method", type=click.Choice(list(METHODS)), default=_D.method, show_default=True,
               help="mtt: matching training trajectories on pixels; glad: MTT in a generator's latent space "
                    "(needs --generator); dd: Wang et al.'s dataset distillation (the paper's DD baseline); "
-                   "random: random real images (baseline).")
+                   "random: random real images (baseline); herding / kcenter: a coreset of real images chosen in "
+                   "the feature space of expert 0 at its last epoch (baselines).")
 @click.option("--ipc", type=int, default=_D.ipc, show_default=True, help="Synthetic images per class.")
 @click.option("--syn-steps", type=int, default=_D.syn_steps, show_default=True, help="N: student steps per iteration.")
 @click.option("--expert-epochs", type=int, default=_T.expert_epochs, show_default=True, help="M: expert epochs to match.")
 @click.option("--max-start-epoch", type=int, default=_T.max_start_epoch, show_default=True,
               help="T+: start epochs drawn from [0, T+).")
 @click.option("--iterations", type=int, default=_D.iterations, show_default=True)
-@click.option("--engine", type=click.Choice(["adjoint", "full", "tesla"]), default=_T.engine, show_default=True,
+@click.option("--engine", type=click.Choice(list(ENGINES)), default=_T.engine, show_default=True,
               help="Matching engine. adjoint: exact gradients, activation memory of one student step; "
                    "full: autograd through the whole unroll (exact, memory grows with N); "
-                   "tesla: TESLA's per-step approximation (not exact for N > 1; for comparison).")
+                   "tesla: TESLA's per-step approximation (not exact for N > 1; for comparison)"
+                   + ("; auto: picks how to spend --memory-budget." if "auto" in ENGINES else "."))
+@click.option("--memory-budget", default=_T.memory_budget,
+              help="--engine auto: memory it may use, e.g. 8GiB, 512MiB or bytes (default: the engine's own rule).")
+@click.option("--start-epoch-schedule", default=_T.start_epoch_schedule, metavar="LO:HI:ITERS",
+              help="DATM: T+ grows linearly from LO to HI over ITERS iterations, then stays HI (start epochs drawn "
+                   "from [0, T+)); replaces --max-start-epoch.")
+@click.option("--skip-loss-above", type=float, default=_T.skip_loss_above,
+              help="DATM: an iteration whose normalized matching loss is above this updates nothing.")
+@click.option("--match-layers", default=_T.match_layers, show_default=True,
+              help="PAD: which parameters enter the matching loss: all, deep:F (the deepest fraction F of the "
+                   "layers) or A:B (parameter tensors A..B-1 in order).")
 @click.option("--offload-history", is_flag=True, default=_T.offload_history,
               help="adjoint/tesla: keep the N parameter snapshots in host memory instead of on the GPU.")
 @click.option("--lr-img", type=float, default=_D.lr_img,
@@ -195,6 +216,14 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
                    "0 lets it cross zero (with a warning).")
 @click.option("--batch-syn", type=int, default=_D.batch_syn, help="Synthetic images per student step (default: all).")
 @click.option("--pix-init", type=click.Choice(["real", "noise"]), default=_D.pix_init, show_default=True)
+@click.option("--soft-labels", is_flag=True, default=_D.soft_labels,
+              help="DATM: learned soft labels (logits) initialised from expert 0 at its last epoch, on real images it "
+                   "classifies correctly; random/herding/kcenter: that expert's logits, not optimized.")
+@click.option("--lr-y", type=float, default=_D.lr_y, show_default=True,
+              help="--soft-labels: SGD learning rate of the label logits (momentum 0.9; DATM uses 2-5).")
+@click.option("--ema-images", type=float, default=_D.ema_images,
+              help="FTD: also keep an exponential moving average of the images (and soft labels) with this decay, "
+                   "e.g. 0.9995; evaluated and selected on validation beside the raw set.")
 @click.option("--generator", default=_G.generator,
               help="glad: a `mtt-fast gan train` directory, a TorchScript file, or package.module:factory.")
 @click.option("--space", type=click.Choice(["p", "z", "w", "wp"]), default=_G.space, show_default=True,
@@ -226,8 +255,9 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @common_options
 @user_errors
-def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, iterations, engine, offload_history,
-            lr_img, lr_lr, lr_teacher, syn_lr_min, batch_syn, pix_init, generator, space, layer, avg_w, lr_w, learn_g, lr_g, g_batch,
+def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, iterations, engine, memory_budget,
+            start_epoch_schedule, skip_loss_above, match_layers, offload_history,
+            lr_img, lr_lr, lr_teacher, syn_lr_min, batch_syn, pix_init, soft_labels, lr_y, ema_images, generator, space, layer, avg_w, lr_w, learn_g, lr_g, g_batch,
             block_impl, dd_models, batch_real, eval_it, eval_epochs, eval_repeats, checkpoint_it, dsa_strategy,
             dsa_mode, dsa_impl, data_root, out, overwrite, seed, device, progress):
     """Distill a synthetic set from a trajectory store."""
@@ -236,8 +266,11 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
     cfg = DistillConfig(
         method=method, ipc=ipc, syn_steps=syn_steps, iterations=iterations, lr_img=lr_img, lr_lr=lr_lr,
         lr_teacher=lr_teacher, syn_lr_min=syn_lr_min, batch_syn=batch_syn, pix_init=pix_init, dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode),
-        dsa_impl=dsa_impl, block_impl=block_impl, checkpoint_it=checkpoint_it, seed=seed,
-        trajectory=TrajectoryOptions(expert_epochs, max_start_epoch, engine, offload_history),
+        dsa_impl=dsa_impl, block_impl=block_impl, checkpoint_it=checkpoint_it, seed=seed, soft_labels=soft_labels,
+        lr_y=lr_y, ema_images=ema_images,
+        trajectory=TrajectoryOptions(expert_epochs, max_start_epoch, engine, offload_history,
+                                     parse_bytes(memory_budget), start_epoch_schedule, skip_loss_above,
+                                     match_layers),
         glad=GLaDOptions(generator, space, layer, avg_w, lr_w, lr_g, learn_g, g_batch),
         dd=DDOptions(dd_models, batch_real), evaluation=InLoopEval(eval_it, eval_epochs, eval_repeats))
     run_distill(DistillStage(buffer_dir, cfg, data_root), out_path(out), overwrite=overwrite, device=device,
@@ -247,8 +280,12 @@ def distill(buffer_dir, method, ipc, syn_steps, expert_epochs, max_start_epoch, 
 # --------------------------------------------------------------------------------------
 @main.command()
 @click.argument("grid", type=click.Path(dir_okay=False))
-@click.option("--preset", type=click.Choice(["crc", "pg"]), default=None,
-              help="Start from the paper's best settings (Table 4: crc, Table 5: pg); the grid file's base: wins.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+              help="Start from a published recipe; the grid file's base: wins. crc / pg: the GLaD paper's best "
+                   "settings (Tables 4, 5). datm / ftd / pad: grids over ipc 1 and 10 of DATM (soft labels, "
+                   "widening start range, loss skip), FTD (EMA images; train the experts with buffer --sam-rho) "
+                   "and PAD (DATM + deep-layer matching); a base: ipc picks that ipc's point; iterations and "
+                   "the store's epochs rescale the schedules (see mtt_fast/stages/sweep.py).")
 @click.option("--out", required=True, help="Sweep directory: one distill run per point, summary.md.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -273,20 +310,23 @@ def sweep(grid, preset, out, device, progress):
                    f"else {_EV.default_lr:g}).")
 @click.option("--batch-size", type=int, default=_EV.batch_size, show_default=True)
 @click.option("--split", type=click.Choice(["test", "val"]), default=_ES.split, show_default=True)
+@click.option("--hard-labels", is_flag=True, default=_ES.hard_labels,
+              help="Train on the synset's hard classes even when it has soft labels (default: a synset with soft "
+                   "labels is trained on with soft cross-entropy against softmax(soft_labels)).")
 @dsa_options
 @click.option("--out", required=True, help="Directory for results.json and results.md.")
 @click.option("--overwrite", is_flag=True, help="Replace existing results in --out.")
 @common_options
 @user_errors
-def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, split, dsa_strategy, dsa_mode, dsa_impl, out,
-             overwrite, seed, device, progress):
+def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, split, hard_labels, dsa_strategy, dsa_mode,
+             dsa_impl, out, overwrite, seed, device, progress):
     """Train networks from scratch on a synset and test them on real data."""
     from mtt_fast.stages import EvalStage, run_eval
 
     cfg = EvalConfig(epochs=epochs, lr=lr, batch_size=batch_size, dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode),
                      dsa_impl=dsa_impl)
     stage = EvalStage(synset_dir, cfg, archs=[a.strip() for a in archs.split(",") if a.strip()], repeats=repeats,
-                      split=split, seed=seed, data_root=data_root)
+                      split=split, seed=seed, data_root=data_root, hard_labels=hard_labels)
     run_eval(stage, out_path(out), overwrite=overwrite, device=device, progress=progress, log=echo)
 
 

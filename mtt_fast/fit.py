@@ -14,11 +14,27 @@ same as when it had its own loop)::
 
 The loop draws no random numbers of its own: batches come from the caller's ``batches``
 (which owns the shuffling) and DSA draws from the caller's ``generator``.
+
+Targets are class indices (``[B]`` int64: cross-entropy) or class probabilities (``[B, K]``
+float: soft cross-entropy ``-sum_k t_k log softmax(z)_k``, averaged over the batch, as
+``F.cross_entropy`` computes it for probability targets); the evaluation of a synset with soft
+labels passes ``softmax(soft_labels)``.
+
+With ``sam_rho > 0`` every step is sharpness-aware (SAM, Foret et al. 2021): the gradient
+``g`` at ``w`` gives the ascent ``e = rho * g / ||g||`` (one norm over all parameters), the
+gradient ``g_p`` is taken at ``w + e`` on the same augmented batch, ``w`` is restored exactly
+(copied back, not ``w + e - e``) and the optimizer steps from ``w`` with ``g_p``. With
+``gsam_alpha > 0`` it is GSAM's (Zhuang et al. 2022) surrogate-gap step: the optimizer gets
+``g_p - alpha * g_perp``, ``g_perp`` the part of ``g`` orthogonal to ``g_p``. Batch-norm running
+statistics are not updated by the pass at ``w + e``. Nothing random is drawn for it, so a
+SAM run is as reproducible as a plain one; ``sam_rho = 0`` runs the plain step unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -33,21 +49,82 @@ def _diverged_default(loss: float) -> str:
     return f"training loss became {loss} (lower the learning rate)"
 
 
-def _step(net, x, y, opt, dsa, dsa_impl, generator, diverged, scheduler, ema) -> float:
-    """One step after the lr is set: augment, forward, finite check, zero_grad, backward, step(s), EMA."""
-    if dsa is not None and dsa.enabled:
-        x, _ = augment(x, dsa, generator, impl=dsa_impl)
+#: Added to ||g|| (and to ||g_p||, ||g|| ||g_p|| in GSAM's decomposition) so a zero gradient
+#: gives a zero ascent instead of NaN (the GSAM reference's ``perturb_eps``).
+SAM_EPS = 1e-12
+
+
+def _loss(net, x, y, diverged) -> torch.Tensor:
+    """Cross-entropy of ``net(x)`` against ``y`` (class indices or class probabilities); raises
+    :class:`UserError` with ``diverged(loss)`` when it is NaN or infinite."""
     loss = F.cross_entropy(net(x), y)
     if not torch.isfinite(loss):
         raise UserError(diverged(loss.item()))
+    return loss
+
+
+def _step(net, x, y, opt, dsa, dsa_impl, generator, diverged, scheduler, ema, sam_rho=0.0, gsam_alpha=0.0) -> float:
+    """One step after the lr is set: augment, forward, finite check, zero_grad, backward, step(s), EMA."""
+    if dsa is not None and dsa.enabled:
+        x, _ = augment(x, dsa, generator, impl=dsa_impl)
+    loss = _loss(net, x, y, diverged)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if sam_rho > 0:
+        _sharpness_aware_gradient(net, x, y, opt, sam_rho, gsam_alpha, diverged)
     opt.step()
     if scheduler is not None:
         scheduler.step()
     if ema is not None:
         ema.update_parameters(net)
     return loss.item()
+
+
+@contextlib.contextmanager
+def _running_stats_frozen(net: nn.Module) -> Iterator[None]:
+    """Batch-norm layers keep their running statistics (momentum 0) inside the block."""
+    saved = []
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            saved.append((m, m.momentum))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+
+
+def _sharpness_aware_gradient(net, x, y, opt, rho: float, alpha: float, diverged) -> None:
+    """Replace the gradients ``g`` at ``w`` (already in ``.grad``) by SAM's ``g_p`` (or GSAM's
+    ``g_p - alpha * g_perp``), taken at ``w + rho * g / ||g||`` on the same batch ``(x, y)``;
+    the parameters are ``w`` again on return."""
+    params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+    if not params:
+        return
+    with torch.no_grad():
+        g = [p.grad.detach().clone() for p in params]
+        w = [p.detach().clone() for p in params]
+        g_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g]))
+        scale = rho / (g_norm + SAM_EPS)
+        for p, t in zip(params, g):
+            p.add_(t * scale)
+    with _running_stats_frozen(net):
+        loss_p = _loss(net, x, y, diverged)
+        opt.zero_grad(set_to_none=True)
+        loss_p.backward()
+    with torch.no_grad():
+        for p, t in zip(params, w):
+            p.copy_(t)
+        if alpha > 0:
+            gp = [p.grad for p in params]
+            gp_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in gp]))
+            inner = sum((a * b).sum() for a, b in zip(g, gp))
+            # the component of g along g_p: (g . g_p / ||g_p||^2) g_p, written as the GSAM reference
+            # does (cosine * ||g|| * g_p / ||g_p||, eps in both denominators)
+            along = inner / (g_norm * gp_norm + SAM_EPS) * g_norm / (gp_norm + SAM_EPS)
+            for a, b in zip(gp, g):
+                a.sub_(b - along * a, alpha=alpha)
 
 
 def fit_classifier(
@@ -68,12 +145,15 @@ def fit_classifier(
     desc: str = "train",
     progress_per: str = "epoch",
     steps_per_epoch: int | None = None,
+    sam_rho: float = 0.0,
+    gsam_alpha: float = 0.0,
 ) -> list[float]:
     """Train ``net`` with cross-entropy for ``epochs`` epochs.
 
     Args:
         net: the classifier (set to train mode; left in it).
-        batches: ``batches(epoch)`` -> the epoch's ``(x, y)`` batches, on the training device.
+        batches: ``batches(epoch)`` -> the epoch's ``(x, y)`` batches, on the training device;
+            ``y`` is ``[B]`` class indices or ``[B, K]`` class probabilities (soft labels).
         opt: the optimizer over ``net``'s parameters.
         epochs: number of passes.
         dsa: differentiable augmentation applied to every batch (None or disabled: none).
@@ -89,12 +169,18 @@ def fit_classifier(
             a batch's loss is NaN or infinite (before that batch's step).
         progress: show a progress bar (``desc``; one tick per epoch, or per step with
             ``progress_per="step"``, whose total is ``epochs * steps_per_epoch``).
+        sam_rho: SAM's ascent radius (0: plain steps; see the module docstring).
+        gsam_alpha: GSAM's surrogate-gap weight (0: plain SAM; needs ``sam_rho > 0``).
 
     Returns:
         The mean training loss of every epoch.
     """
     if dsa is not None and dsa.enabled and generator is None:
         raise ValueError("fit_classifier: DSA needs a generator")
+    if not (math.isfinite(sam_rho) and sam_rho >= 0 and math.isfinite(gsam_alpha) and gsam_alpha >= 0):
+        raise ValueError(f"fit_classifier: sam_rho {sam_rho} and gsam_alpha {gsam_alpha} must be finite and >= 0")
+    if gsam_alpha > 0 and sam_rho == 0:
+        raise ValueError("fit_classifier: gsam_alpha needs sam_rho > 0")
     per_step = progress_per == "step"
     total = epochs * steps_per_epoch if per_step and steps_per_epoch is not None else (None if per_step else epochs)
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
@@ -109,7 +195,8 @@ def fit_classifier(
                     lr = lr_schedule(step)
                     for g in opt.param_groups:
                         g["lr"] = lr
-                loss_sum += _step(net, x, y, opt, dsa, dsa_impl, generator, diverged, scheduler, ema) * len(y)
+                loss_sum += _step(net, x, y, opt, dsa, dsa_impl, generator, diverged, scheduler, ema,
+                                  sam_rho, gsam_alpha) * len(y)
                 step += 1
                 count += len(y)
                 if per_step:

@@ -147,3 +147,103 @@ def test_same_bits_as_the_hand_written_loop_with_dsa_schedule_and_ema():
     fit_classifier(net3, shuffled(x, y, gen3, 5), opt3, epochs=3, lr_schedule=lambda s: 0.05 * (1 - s / total),
                    ema=ema3)
     assert not all(torch.equal(a, b) for a, b in zip(want.parameters(), ema3.module.parameters()))
+
+
+# -- sharpness-aware steps (SAM / GSAM) and soft targets ------------------------------------------------
+
+
+def _linear(w: torch.Tensor) -> nn.Module:
+    net = nn.Linear(w.shape[1], w.shape[0], bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(w)
+    return net
+
+
+def _ce_grad(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """d mean-CE / dW of the linear classifier z = x W^T, by hand: (softmax(z) - onehot)^T x / B."""
+    p = torch.softmax(x @ w.T, dim=1)
+    return (p - F.one_hot(y, w.shape[0]).double()).T @ x / len(y)
+
+
+def _two_hand_steps(w, x, y, *, lr, rho, alpha=0.0):
+    """Two SAM (alpha 0) or GSAM steps written out: g at w, ascent rho g/||g||, g_p there, step from w."""
+    for _ in range(2):
+        g = _ce_grad(w, x, y)
+        gp = _ce_grad(w + rho * g / g.norm(), x, y)
+        d = gp - alpha * (g - (g * gp).sum() / gp.norm() ** 2 * gp)
+        w = w - lr * d
+    return w
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_sam_and_gsam_steps_equal_the_hand_computed_two_steps(alpha):
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(3, 2, generator=g, dtype=torch.float64)
+    x = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1])
+    want = _two_hand_steps(w0, x, y, lr=0.5, rho=0.2, alpha=alpha)
+    net = _linear(w0)
+    fit_classifier(net, lambda e: [(x, y)], torch.optim.SGD(net.parameters(), lr=0.5), epochs=2,
+                   sam_rho=0.2, gsam_alpha=alpha)
+    torch.testing.assert_close(net.weight.detach(), want, rtol=1e-10, atol=1e-12)
+    # and the ascent mattered: two plain SGD steps end elsewhere
+    plain = w0 - 0.5 * _ce_grad(w0, x, y)
+    plain = plain - 0.5 * _ce_grad(plain, x, y)
+    assert (want - plain).abs().max() > 1e-4
+
+
+def test_sam_reports_the_loss_at_w_and_restores_w_exactly_before_the_step():
+    x, y = data()
+    net = tiny_net()
+    w = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)  # lr 0: the step must leave w bit for bit
+    losses = fit_classifier(net, lambda e: [(x, y)], opt, epochs=1, sam_rho=0.5)
+    assert losses[0] == F.cross_entropy(tiny_net()(x), y).item()
+    for p, q in zip(net.parameters(), w):
+        assert torch.equal(p, q)
+
+
+def test_sam_leaves_batch_norm_running_stats_to_the_pass_at_w():
+    x, y = data()
+
+    def bn_net():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(4 * 8 * 8, 3))
+
+    a, b = bn_net(), bn_net()
+    fit_classifier(a, lambda e: [(x, y)], torch.optim.SGD(a.parameters(), lr=0.1), epochs=1, sam_rho=0.5)
+    fit_classifier(b, lambda e: [(x, y)], torch.optim.SGD(b.parameters(), lr=0.1), epochs=1)
+    assert torch.equal(a[1].running_mean, b[1].running_mean) and torch.equal(a[1].running_var, b[1].running_var)
+    assert a[1].momentum == 0.1  # put back
+
+
+def test_sam_settings_are_checked():
+    x, y = data()
+    net = tiny_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="gsam_alpha needs sam_rho"):
+        fit_classifier(net, lambda e: [(x, y)], opt, epochs=1, gsam_alpha=0.3)
+    with pytest.raises(ValueError, match="finite"):
+        fit_classifier(net, lambda e: [(x, y)], opt, epochs=1, sam_rho=float("nan"))
+
+
+def test_one_hot_soft_targets_train_as_the_hard_labels_up_to_rounding():
+    x, y = data(n=12)
+    nets = []
+    for target in (y, F.one_hot(y, 3).float()):
+        net = tiny_net()
+        gen = torch.Generator().manual_seed(4)
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        fit_classifier(net, shuffled(x, target, gen, 5), opt, epochs=3, dsa=DSAConfig(), dsa_impl="reference",
+                       generator=gen)
+        nets.append(net)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # a soft target that is not one-hot trains another network (same loop, same draws)
+    a, b = tiny_net(), tiny_net()
+    fit_classifier(a, lambda e: [(x, y)], torch.optim.SGD(a.parameters(), lr=0.05), epochs=1)
+    fit_classifier(b, lambda e: [(x, F.one_hot(y, 3).float() * 0.7 + 0.1)], torch.optim.SGD(b.parameters(), lr=0.05),
+                   epochs=1)
+    assert (next(a.parameters()) - next(b.parameters())).abs().max() > 1e-4

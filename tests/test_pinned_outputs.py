@@ -40,7 +40,8 @@ def _pipeline(tmp: Path) -> dict[str, str]:
     run("gan", "train", "--dataset", "crc", "--data-root", root, "--cache-dir", cache, "--res", "16", *TINY, "--steps", "4",
         "--batch-size", "4", "--z-dim", "8", "--w-dim", "16", "--channel-base", "64", "--channel-max", "8",
         "--r1-interval", "2", "--checkpoint-every", "2", "--quality-every", "4", "--sample-every", "4",
-        "--quality-samples", "2", "--classifier-epochs", "1", "--log-every", "2", "--out", gan)
+        "--quality-samples", "2", "--classifier-epochs", "1", "--log-every", "2",
+        "--augment", "diffaug", "--style-mixing", "0", "--out", gan)  # the recipe the pins were recorded with
     common = ["--buffer", buf, "--syn-steps", "3", "--iterations", "4", "--eval-it", "2", "--eval-epochs", "3",
               "--max-start-epoch", "2", "--expert-epochs", "1", "--checkpoint-it", "2", "--lr-lr", "1e-7", *TINY]
     runs = {

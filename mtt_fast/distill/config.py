@@ -27,6 +27,14 @@ class TrajectoryOptions:
     max_start_epoch: int = 20
     engine: str = "adjoint"
     offload_history: bool = False
+    #: ``--engine auto``'s memory budget in bytes (None: the engine's own default rule)
+    memory_budget: int | None = None
+    #: ``"LO:HI:ITERS"``: T+ grows linearly from LO to HI over ITERS iterations (DATM); None: fixed T+
+    start_epoch_schedule: str | None = None
+    #: skip the update of an iteration whose normalized matching loss is above this (DATM); None: never
+    skip_loss_above: float | None = None
+    #: which parameters enter the matching loss: ``all``, ``deep:F`` or an index range ``A:B`` (PAD)
+    match_layers: str = "all"
 
 
 @dataclass
@@ -60,6 +68,9 @@ class InLoopEval:
     eval_repeats: int = 1
 
 
+#: momentum of the SGD on the soft-label logits (DATM's ``Momentum_y``)
+LABEL_MOMENTUM = 0.9
+
 _SECTIONS = {"trajectory": TrajectoryOptions, "glad": GLaDOptions, "dd": DDOptions, "evaluation": InLoopEval}
 
 
@@ -83,6 +94,14 @@ class DistillConfig:
     block_impl: str = "auto"
     checkpoint_it: int = 10
     seed: int = 0
+    #: learn soft labels (logits) initialised from an expert (DATM); on random/herding/kcenter: the
+    #: expert's logits on the chosen images, not optimized (the soft-label controls)
+    soft_labels: bool = False
+    #: learning rate of the soft-label logits (SGD, momentum ``LABEL_MOMENTUM``; DATM uses 2-5)
+    lr_y: float = 2.0
+    #: decay of an exponential moving average of the images (and soft labels), evaluated and
+    #: selected beside the raw set (FTD); None: no EMA
+    ema_images: float | None = None
     trajectory: TrajectoryOptions = field(default_factory=TrajectoryOptions)
     glad: GLaDOptions = field(default_factory=GLaDOptions)
     dd: DDOptions = field(default_factory=DDOptions)

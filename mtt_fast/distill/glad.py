@@ -24,6 +24,7 @@ class GLaD(Method):
 
     @classmethod
     def validate(cls, cfg) -> None:
+        super().validate(cfg)
         if not cfg.glad.generator:
             raise UserError("--method glad needs --generator (a `mtt-fast gan train` directory, a TorchScript file, "
                             "or package.module:factory)")

@@ -10,11 +10,26 @@ publishes; it never selects anything.
 
 The run directory holds ``config.yaml``, ``metrics.jsonl``, ``checkpoint.safetensors`` +
 ``checkpoint.json`` (resume state), ``synset/`` (best by validation), ``synset_last/``,
-``summary.json``. A method that optimizes nothing (random) writes ``synset/`` only.
+``summary.json``. A method that optimizes nothing (random, herding, kcenter) writes ``synset/`` only.
+
+Issue 18's options (each off by default):
+
+* ``--soft-labels``: the labels are ``[n, K]`` logits (the student's target is their softmax),
+  initialised from the labelling expert (:mod:`mtt_fast.distill.soft`) and, for methods that
+  optimize, learned through the engine's ``grad_labels`` by SGD (``lr_y``, momentum 0.9). They are
+  checkpointed with their optimizer state and saved in the synset (``soft_labels``).
+* ``--skip-loss-above X``: an iteration whose matching loss exceeds X updates nothing (images,
+  syn_lr, labels, EMA); its metrics line says ``skipped: true``. Its random draws were made, so a
+  resumed run replays the same draws.
+* ``--ema-images D``: after every applied update, ``ema = D * ema + (1 - D) * current`` for the
+  images (and soft labels). Every evaluation scores both the raw set and the EMA set on
+  validation with the same seeds; whichever is best over the run is ``synset/`` (its meta says
+  ``ema: true`` or false; ``summary.json`` says ``selected``).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -26,7 +41,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from mtt_fast.augment import DSAConfig
-from mtt_fast.distill.config import DistillConfig
+from mtt_fast.distill.config import LABEL_MOMENTUM, DistillConfig
 from mtt_fast.distill.registry import method_class
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.metrics import headline_metric
@@ -93,8 +108,17 @@ class Distiller:
         self.metric = headline_metric(bundle.num_classes)
         self.val = bundle.split("val")
         self.test = bundle.split("test")
+        self._expert = None
         self.eval_cfg = EvalConfig(epochs=cfg.evaluation.eval_epochs, dsa=cfg.dsa, dsa_impl=cfg.dsa_impl,
                                    width=store.meta["width"], depth=store.meta["depth"])
+
+    def expert_network(self):
+        """The labelling expert (:class:`mtt_fast.distill.soft.ExpertNetwork`), built once."""
+        if self._expert is None:
+            from mtt_fast.distill.soft import ExpertNetwork
+
+            self._expert = ExpertNetwork(self.store, self.device)
+        return self._expert
 
     # -- state -------------------------------------------------------------------------
     def _fresh_state(self) -> None:
@@ -102,6 +126,14 @@ class Distiller:
         self.method.reset()
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.param, self.labels = self.method.make_param(self.gen)
+        self.soft, self.opt_y = None, None
+        if cfg.soft_labels:
+            self.soft = self.expert_network().logits(self.param.images()).to(self.device).requires_grad_(True)
+            self.opt_y = torch.optim.SGD([self.soft], lr=cfg.lr_y, momentum=LABEL_MOMENTUM)
+        self.ema_images = self.ema_soft = None
+        if cfg.ema_images is not None and self.method.optimizes:
+            self.ema_images = self.param.images().detach().clone()
+            self.ema_soft = None if self.soft is None else self.soft.detach().clone()
         lr0 = cfg.lr_teacher if cfg.lr_teacher is not None else self.store.expert_lr
         self.syn_lr = torch.tensor(float(lr0), device=self.device).requires_grad_(True)
         self.opt_lr = self.method.lr_optimizer(self.syn_lr)
@@ -115,6 +147,13 @@ class Distiller:
         t = {**self.param.state_tensors(), "labels": self.labels, "syn_lr": self.syn_lr.detach(),
              "generator": self.gen.get_state()}
         t.update(optimizer_state("lr", self.opt_lr))
+        if self.soft is not None:
+            t["soft_labels"] = self.soft.detach()
+            t.update(optimizer_state("y", self.opt_y))
+        if self.ema_images is not None:
+            t["ema_images"] = self.ema_images
+            if self.ema_soft is not None:
+                t["ema_soft_labels"] = self.ema_soft
         info = {"iteration": self.iteration, "best": self.best, "runtime": runtime(self.device),
                 **self.method.checkpoint_extra()}
         save_tensors(self.out / CHECKPOINT, t, metadata={"checkpoint": json.dumps(info)})
@@ -131,7 +170,11 @@ class Distiller:
         self.method.check_resume(info)
         t = load_tensors(path, what="checkpoint")
         self._fresh_state()
-        missing = [k for k in (*self.param.learnables(), "syn_lr", "labels", "generator") if k not in t]
+        wanted = [*self.param.learnables(), "syn_lr", "labels", "generator"]
+        wanted += ["soft_labels"] if self.soft is not None else []
+        wanted += ["ema_images"] if self.ema_images is not None else []
+        wanted += ["ema_soft_labels"] if self.ema_soft is not None else []
+        missing = [k for k in wanted if k not in t]
         if missing:
             raise UserError(f"{path} lacks {', '.join(missing)}: it was written by another "
                             f"kind of run; pass --overwrite to start again")
@@ -141,6 +184,14 @@ class Distiller:
         self.labels = t["labels"].to(self.device)
         self.gen.set_state(t["generator"])
         load_optimizer_state("lr", self.opt_lr, t)
+        if self.soft is not None:
+            with torch.no_grad():
+                self.soft.copy_(t["soft_labels"].to(self.device))
+            load_optimizer_state("y", self.opt_y, t)
+        if self.ema_images is not None:
+            self.ema_images = t["ema_images"].to(self.device)
+            if self.ema_soft is not None:
+                self.ema_soft = t["ema_soft_labels"].to(self.device)
         self.iteration, self.best = int(info["iteration"]), info["best"]
         changed = differences(info.get("runtime"), self.device)
         if changed:
@@ -149,7 +200,8 @@ class Distiller:
         return True
 
     # -- the synset ----------------------------------------------------------------------
-    def synset(self) -> Synset:
+    def synset(self, ema: bool = False) -> Synset:
+        """The current synthetic set (``ema``: its exponential moving average instead)."""
         cfg, b = self.cfg, self.bundle
         meta = {
             "method": cfg.method,
@@ -168,22 +220,42 @@ class Distiller:
             "runtime": runtime(self.device),
             **self.param.meta(),
         }
+        if cfg.soft_labels:
+            meta["soft_labels"] = {"expert": self.expert_network().what, "learned": self.method.optimizes}
+        if self.ema_images is not None:
+            meta["ema"] = ema
         syn_lr = float(self.syn_lr.item()) if self.method.optimizes else None
-        return Synset(self.param.images().detach().cpu().clone(), self.labels.cpu().clone(), syn_lr, meta)
+        images, soft = self._current(ema)
+        soft = None if soft is None else soft.detach().cpu().clone()
+        return Synset(images.detach().cpu().clone(), self.labels.cpu().clone(), syn_lr, meta, soft_labels=soft)
 
-    def save_synset(self, out: Path) -> None:
-        """The synset (rendered images) plus what the parameterization keeps beside it."""
-        self.synset().save(out)
-        self.param.save_extra(out)
+    def _current(self, ema: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The images and soft labels (None: hard labels) of the raw or the EMA set."""
+        if ema:
+            return self.ema_images, self.ema_soft
+        return self.param.images(), (None if self.soft is None else self.soft.detach())
+
+    def save_synset(self, out: Path, ema: bool = False) -> None:
+        """The synset (rendered images) plus what the parameterization keeps beside it (the raw set's)."""
+        self.synset(ema).save(out)
+        if not ema:
+            self.param.save_extra(out)
 
     # -- pieces --------------------------------------------------------------------------
-    def evaluate_val(self) -> dict:
-        """Train ``eval_repeats`` backbone networks on the current synset; score on val (and test)."""
+    def evaluate_val(self, ema: bool = False) -> dict:
+        """Train ``eval_repeats`` backbone networks on the current (or EMA) synset; score on val (and test)."""
         if not self.syn_lr.item() > 0:
             raise self._diverged(f"syn_lr is {self.syn_lr.item():.4g} at iteration {self.iteration}: no network can "
                                  f"be trained on the synset with it (keep --syn-lr-min above 0)")
+        images, soft = self._current(ema)
+        labels, kw = self.labels, {}
+        if soft is not None:  # soft cross-entropy: the targets are softmax(logits)
+            if "soft_labels" in inspect.signature(evaluate_arch).parameters:
+                kw["soft_labels"] = soft
+            else:
+                labels = torch.softmax(soft.float(), 1)
         try:
-            return evaluate_arch(self.store.arch, self.param.images(), self.labels, self.val,
+            return evaluate_arch(self.store.arch, images, labels, self.val, **kw,
                                  lr=float(self.syn_lr.item()), cfg=self.eval_cfg,
                                  repeats=self.cfg.evaluation.eval_repeats, seed=self.cfg.seed + 1000 + self.iteration,
                                  device=self.device, extra={"test": self.test})
@@ -198,22 +270,45 @@ class Distiller:
         """One distillation iteration; returns its metrics line."""
         t0 = time.perf_counter()
         objective = self.method.objective
-        loss, grad_images, grad_lr, extra = objective(self.param.images(), self.labels, self.syn_lr, self.gen)
-        loss = float(loss)
-        if not math.isfinite(loss) or not torch.isfinite(grad_images).all() or not math.isfinite(float(grad_lr)):
+        labels = self.labels if self.soft is None else self.soft.detach()
+        r = objective(self.param.images(), labels, self.syn_lr, self.gen, iteration=self.iteration)
+        loss = float(r.loss)
+        bad = not math.isfinite(loss) or not torch.isfinite(r.grad_images).all() or not math.isfinite(float(r.grad_lr))
+        if bad or (r.grad_labels is not None and not torch.isfinite(r.grad_labels).all()):
             raise self._diverged(f"the {objective.loss_name} became {loss} at iteration {self.iteration}")
-        self.param.backward(grad_images)
-        self.syn_lr.grad = grad_lr.reshape(()).to(self.syn_lr.dtype)
-        self.param.step()
-        self.opt_lr.step()
-        self.syn_lr.grad = None
-        if not self.param.all_finite() or not math.isfinite(self.syn_lr.item()):
-            raise self._diverged(f"the synthetic set or syn_lr became NaN/inf at iteration {self.iteration}")
-        rec = {"iteration": self.iteration, "loss": loss, "syn_lr": float(self.syn_lr.item()), **extra}
-        rec.update(self._keep_syn_lr_positive())
+        rec = {"iteration": self.iteration, "loss": loss}
+        limit = self.cfg.trajectory.skip_loss_above
+        if limit is not None and loss > limit:
+            rec.update({"skipped": True, "syn_lr": float(self.syn_lr.item()), **r.extra})
+        else:
+            self.param.backward(r.grad_images)
+            self.syn_lr.grad = r.grad_lr.reshape(()).to(self.syn_lr.dtype)
+            self.param.step()
+            self.opt_lr.step()
+            self.syn_lr.grad = None
+            if self.soft is not None:
+                self.soft.grad = r.grad_labels.to(self.soft.dtype)
+                self.opt_y.step()
+                self.soft.grad = None
+            if not self.param.all_finite() or not math.isfinite(self.syn_lr.item()) or (
+                    self.soft is not None and not torch.isfinite(self.soft).all()):
+                raise self._diverged(f"the synthetic set or syn_lr became NaN/inf at iteration {self.iteration}")
+            rec.update({"syn_lr": float(self.syn_lr.item()), **r.extra})
+            rec.update(self._keep_syn_lr_positive())
+            self._update_ema()
         rec["seconds"] = time.perf_counter() - t0
         rec.update(peak_memory(self.device))
         return rec
+
+    def _update_ema(self) -> None:
+        """``ema = D * ema + (1 - D) * current`` for the images and soft labels (``--ema-images D``)."""
+        if self.ema_images is None:
+            return
+        d = float(self.cfg.ema_images)
+        with torch.no_grad():
+            self.ema_images.mul_(d).add_(self.param.images().detach(), alpha=1.0 - d)
+            if self.ema_soft is not None:
+                self.ema_soft.mul_(d).add_(self.soft.detach(), alpha=1.0 - d)
 
     def _keep_syn_lr_positive(self) -> dict:
         """Clamp syn_lr at ``syn_lr_min`` (a negative step size trains the student backwards) and say
@@ -238,11 +333,18 @@ class Distiller:
         ev = self.evaluate_val()
         value = ev["mean"][self.metric]
         test = ev["extra"]["test"]
-        append_jsonl(metrics, {"iteration": it, "val": ev["mean"], "val_std": ev["std"],
-                               "test": test["mean"], "test_std": test["std"]})
-        if value > self.best["value"]:
-            self.best = {"iteration": it, "value": value}
-            self.save_synset(self.out / "synset")
+        line = {"iteration": it, "val": ev["mean"], "val_std": ev["std"], "test": test["mean"], "test_std": test["std"]}
+        candidates = [(value, False)]
+        if self.ema_images is not None:
+            ev_ema = self.evaluate_val(ema=True)
+            t_ema = ev_ema["extra"]["test"]
+            line["ema"] = {"val": ev_ema["mean"], "val_std": ev_ema["std"], "test": t_ema["mean"], "test_std": t_ema["std"]}
+            candidates.append((ev_ema["mean"][self.metric], True))
+        append_jsonl(metrics, line)
+        for v, ema in candidates:  # the raw set wins a tie
+            if v > self.best["value"]:
+                self.best = {"iteration": it, "value": v, **({"ema": ema} if self.ema_images is not None else {})}
+                self.save_synset(self.out / "synset", ema=ema)
         bar.set_postfix({f"val_{self.metric}": f"{value:.1f}", "best": f"{self.best['value']:.1f}"})
 
     # -- the run -------------------------------------------------------------------------
@@ -251,7 +353,7 @@ class Distiller:
         if not self.method.optimizes:
             self._fresh_state()
             self.save_synset(self.out / "synset")
-            return {"method": self.cfg.method, "images": len(self.labels)}
+            return {"method": self.cfg.method, "images": len(self.labels), "soft_labels": self.soft is not None}
         cfg = self.cfg
         metrics = self.out / "metrics.jsonl"
         if self._load_checkpoint():
@@ -281,6 +383,8 @@ class Distiller:
                 self._save_checkpoint()
         bar.close()
         self.save_synset(self.out / "synset_last")
+        if self.ema_images is not None:
+            self.save_synset(self.out / "synset_last_ema", ema=True)
         self._save_checkpoint()
         if self.best["iteration"] is None:
             raise UserError(f"no synset was selected in {self.out}: the validation {self.metric} was NaN at every "
@@ -290,6 +394,11 @@ class Distiller:
     def _summary(self, metrics: Path) -> dict:
         summary = {"best_iteration": self.best["iteration"], f"best_val_{self.metric}": self.best["value"],
                    "iterations": self.cfg.iterations, "final_syn_lr": float(self.syn_lr.item())}
+        if self.ema_images is not None:
+            summary["selected"] = "ema" if self.best.get("ema") else "raw"
+        skipped = sum(1 for r in read_jsonl(metrics) if r.get("skipped"))
+        if self.cfg.trajectory.skip_loss_above is not None:
+            summary["skipped_iterations"] = skipped
         top = max_test_over_evals(read_jsonl(metrics), self.metric)
         if top is not None:
             summary["max_test_over_evals"] = top

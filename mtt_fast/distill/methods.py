@@ -12,7 +12,14 @@ mtt        pixels                       trajectory matching    SGD, lr_img 1000
 glad       G(latents) (GLaD, sec. 3.3)  trajectory matching    SGD, lr_img 1000
 dd         pixels                       unrolled cross-entropy Adam, lr_img 0.01
 random     real images, kept as drawn   none                   -
+herding    real images (coreset.py)     none                   -
+kcenter    real images (coreset.py)     none                   -
 =========  ===========================  =====================  ======================
+
+``--soft-labels`` (:mod:`mtt_fast.distill.soft`): mtt and glad learn label logits (SGD, ``lr_y``,
+momentum 0.9) initialised from the labelling expert's logits; mtt then starts from real images
+that expert classifies correctly (DATM). random / herding / kcenter keep the expert's logits on
+their images, unoptimized (the controls). dd refuses it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import ClassVar
 import torch
 
 from mtt_fast.distill.objectives import TrajectoryMatching, UnrolledCrossEntropy
+from mtt_fast.distill.soft import correctly_classified_real
 from mtt_fast.errors import UserError
 from mtt_fast.synth import init_noise, init_real
 from mtt_fast.synth.params import Parameterization, PixelParam
@@ -46,9 +54,17 @@ class Method:
         self.loop = loop
         self.objective = self.make_objective() if self.optimizes else None
 
+    #: whether ``--soft-labels`` is supported
+    soft_labels_ok: ClassVar[bool] = True
+
     @classmethod
     def validate(cls, cfg) -> None:
         """Cheap checks of the settings, before anything is written or loaded."""
+        if cfg.soft_labels and not cls.soft_labels_ok:
+            raise UserError(f"--soft-labels is not supported by --method {cls.name}")
+        if cfg.soft_labels and cls.optimizes and cls.name != "glad" and cfg.pix_init != "real":
+            raise UserError(f"--soft-labels starts from real images the expert classifies correctly: it needs "
+                            f"--pix-init real (got {cfg.pix_init})")
 
     def make_objective(self):
         lp = self.loop
@@ -78,7 +94,10 @@ class Method:
 
 def _pixels(loop, gen: torch.Generator, optimizer: str) -> tuple[PixelParam, torch.Tensor]:
     cfg, bundle = loop.cfg, loop.bundle
-    if cfg.pix_init == "real":
+    if cfg.pix_init == "real" and cfg.soft_labels:  # DATM: images the labelling expert gets right
+        expert = loop.expert_network()
+        x, y = correctly_classified_real(bundle.split("train"), cfg.ipc, gen, expert.logits, log=loop.log)
+    elif cfg.pix_init == "real":
         x, y = init_real(bundle.split("train"), cfg.ipc, gen)
     elif cfg.pix_init == "noise":
         x, y = init_noise(bundle.num_classes, cfg.ipc, (bundle.channels, bundle.res, bundle.res), gen)
@@ -100,6 +119,7 @@ class DD(Method):
     """Wang et al.'s dataset distillation with a learnable step size (Adam on both, as their code)."""
 
     name = "dd"
+    soft_labels_ok = False
     defaults: ClassVar[dict] = {"lr_img": 0.01, "lr_lr": 1e-4}
     uses_trajectories = False
 

@@ -5,6 +5,10 @@ learning-rate warm-up over the first half of the epochs then a cosine decay over
 half (paper: 500 + 500 epochs), DSA on every batch, and the test done with an exponential
 moving average (EMA) of the weights. The starting learning rate is the synset's learned
 ``syn_lr`` when it has one (as MTT and GLaD evaluate), else ``default_lr``.
+
+A synset with soft labels (``[n, K]`` logits, DATM's learned labels or an expert's logits) is
+trained on with soft cross-entropy against ``softmax(soft_labels)`` (computed once, float32);
+without them (``soft_labels=None``) the networks train on the hard classes exactly as before.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ def train_on_synset(
     seed: int,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    soft_labels: torch.Tensor | None = None,
 ) -> torch.nn.Module:
     """Train a fresh ``arch`` on ``(images, labels)``; return its EMA model.
 
@@ -76,11 +81,15 @@ def train_on_synset(
         labels: ``[n]`` class indices.
         lr: the starting learning rate.
         seed: seeds the initialization, the batch order and the augmentation.
+        soft_labels: ``[n, num_classes]`` label logits: train with soft cross-entropy against
+            ``softmax(soft_labels)`` instead of ``labels`` (None: the hard labels).
     """
     net = seeded_network(arch, channels, num_classes, res, width=cfg.width, depth=cfg.depth, seed=seed).to(device)
     gen = torch.Generator().manual_seed(seed)
     dsa = DSAConfig.from_dict(cfg.dsa)
     x_all, y_all = images.to(device), labels.to(device)
+    if soft_labels is not None:
+        y_all = soft_targets(soft_labels, len(y_all), num_classes).to(device)
     n = len(y_all)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -100,6 +109,19 @@ def train_on_synset(
     return ema.module
 
 
+def soft_targets(soft_labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
+    """``softmax(soft_labels)`` over classes, float32 ``[n, num_classes]``: the targets of soft cross-entropy.
+
+    Raises:
+        UserError: the logits are not ``[n, num_classes]`` or not finite.
+    """
+    if soft_labels.dim() != 2 or tuple(soft_labels.shape) != (n, num_classes):
+        raise UserError(f"soft labels of shape {tuple(soft_labels.shape)} do not fit {n} images of {num_classes} classes")
+    if not torch.isfinite(soft_labels).all():
+        raise UserError("soft labels hold NaN or infinite logits")
+    return torch.softmax(soft_labels.detach().float(), dim=1)
+
+
 def evaluate_arch(
     arch: str,
     images: torch.Tensor,
@@ -113,10 +135,14 @@ def evaluate_arch(
     device: torch.device | str = "cpu",
     progress: bool = False,
     extra: dict | None = None,
+    soft_labels: torch.Tensor | None = None,
 ) -> dict:
     """Train ``repeats`` networks of one architecture and test each on ``split``.
 
-    ``extra`` (``{name: split}``) scores the same networks on more splits too.
+    ``extra`` (``{name: split}``) scores the same networks on more splits too. ``soft_labels``
+    (``[n, K]`` logits) makes every network train with soft cross-entropy against
+    ``softmax(soft_labels)`` (see :func:`train_on_synset`); None trains on ``labels``, with the
+    same bits as before the argument existed.
 
     Returns:
         ``{"runs": [metrics...], "mean": {...}, "std": {...}}`` (see ``compute_metrics``), plus
@@ -128,6 +154,7 @@ def evaluate_arch(
         model = train_on_synset(
             arch, images, labels, channels=images.shape[1], num_classes=len(split.classes),
             res=images.shape[-1], lr=lr, cfg=cfg, seed=seed + 7919 * r, device=device, progress=progress,
+            soft_labels=soft_labels,
         )
         probs = predict_proba(model, split, device)
         if not torch.isfinite(probs).all():

@@ -43,19 +43,23 @@ def evaluate_synset(
     device: torch.device | str = "cpu",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    hard_labels: bool = False,
 ) -> dict:
     """Evaluate ``synset`` on each architecture; returns the ``results.json`` content.
 
-    The learning rate is :func:`eval_lr` per architecture (recorded per architecture).
+    The learning rate is :func:`eval_lr` per architecture (recorded per architecture). A synset
+    with soft labels is trained on with them (soft cross-entropy) unless ``hard_labels``;
+    ``results.json["labels"]`` says which: ``"soft"`` or ``"hard"``.
     """
     lr = eval_lr(synset, archs[0] if archs else "convnet", cfg)
     data = bundle.split(split)
     metric = headline_metric(bundle.num_classes)
+    soft = None if hard_labels else synset.soft_labels
     results = {}
     for arch in archs:
         lr_arch = eval_lr(synset, arch, cfg)
         r = evaluate_arch(arch, synset.images, synset.labels, data, lr=lr_arch, cfg=cfg, repeats=repeats,
-                          seed=seed, device=device, progress=progress)
+                          seed=seed, device=device, progress=progress, soft_labels=soft)
         r["lr"] = lr_arch
         results[arch] = r
         log(f"{arch}: {metric} {r['mean'][metric]:.2f} ± {r['std'][metric]:.2f}  "
@@ -68,6 +72,7 @@ def evaluate_synset(
         "metric": metric,
         "method": m.get("method"),
         "ipc": m.get("ipc"),
+        "labels": "hard" if soft is None else "soft",
         "ratio_percent": 100.0 * len(synset.labels) / max(1, len(bundle.split("train"))),
         "lr": lr,
         "repeats": repeats,

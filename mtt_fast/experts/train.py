@@ -2,6 +2,8 @@
 
 As the MTT reference's ``buffer.py``: SGD (lr 0.01, no momentum, no weight decay), batch 256,
 DSA on every batch, a snapshot of all parameters at initialization and after every epoch.
+``sam_rho > 0`` trains sharpness-aware experts as FTD does (Du et al. 2023: flatter expert
+trajectories; FTD uses GSAM with rho 0.01 and alpha 0.3): see :mod:`mtt_fast.fit`.
 Snapshots are copies (``FlatParams.flatten`` concatenates into a new tensor), never views of
 the live parameters the optimizer updates in place.
 """
@@ -44,6 +46,10 @@ class ExpertConfig:
     dsa_impl: str = "auto"
     max_train_per_class: int | None = None
     seed: int = 0
+    #: SAM ascent radius of every expert step (0: plain SGD, the MTT reference's experts).
+    sam_rho: float = 0.0
+    #: GSAM's surrogate-gap weight (0: plain SAM); needs ``sam_rho > 0``.
+    gsam_alpha: float = 0.0
 
 
 def limit_per_class(split, n: int | None, generator: torch.Generator):
@@ -165,5 +171,5 @@ def _train_expert(k: int, seed: int, bundle, train, cfg: ExpertConfig, dsa: DSAC
         opt, epochs=cfg.epochs, dsa=dsa, dsa_impl=cfg.dsa_impl, generator=gen,
         on_epoch=lambda epoch, loss: snaps.append(layout.flatten(net).cpu()),
         diverged=lambda loss: f"expert {k} training loss became {loss} (lower --lr, now {cfg.lr})",
-        progress=progress, desc=f"expert {k + 1}/{cfg.num_experts}")
+        progress=progress, desc=f"expert {k + 1}/{cfg.num_experts}", sam_rho=cfg.sam_rho, gsam_alpha=cfg.gsam_alpha)
     return net, snaps, losses

@@ -35,8 +35,13 @@ CHECKPOINT_VERSION = 2
 GENERATOR_VERSION = 1
 
 
-def save_generator(out: str | Path, G: Generator, bundle, *, step: int, extra: dict | None = None) -> dict:
-    """Write ``generator.safetensors`` (the weights) and ``generator.json``, atomically.
+def save_generator(out: str | Path, G: Generator, bundle, *, step: int, extra: dict | None = None,
+                   name: str = "generator", w_avg: torch.Tensor | None = None) -> dict:
+    """Write ``<name>.safetensors`` (the weights) and ``<name>.json``, atomically.
+
+    ``name`` is ``generator`` (the latest) or ``generator_best`` (the best by quality); either
+    JSON is a ``--generator`` spec. With ``w_avg`` (the average style of every class, ``[K,
+    w_dim]``, for the truncation trick) also ``<name>.w_avg.safetensors``, named in the JSON.
 
     ``generator.json``::
 
@@ -47,19 +52,39 @@ def save_generator(out: str | Path, G: Generator, bundle, *, step: int, extra: d
          "weights_sha256": "...", ...extra}
     """
     out = Path(out)
-    save_tensors(out / "generator.safetensors", dict(G.state_dict()))
+    weights = f"{name}.safetensors"
+    save_tensors(out / weights, dict(G.state_dict()))
     doc = {"format": GENERATOR_FORMAT, "version": GENERATOR_VERSION, "config": G.to_config(),
            "dataset": bundle.meta(), "normalization": {"mean": list(bundle.mean), "std": list(bundle.std)},
-           "classes": list(bundle.classes), "step": int(step), "weights": "generator.safetensors",
-           "weights_sha256": sha256_file(out / "generator.safetensors"), **(extra or {})}
-    write_json(out / "generator.json", doc)
+           "classes": list(bundle.classes), "step": int(step), "weights": weights,
+           "weights_sha256": sha256_file(out / weights), **(extra or {})}
+    if w_avg is not None:
+        save_tensors(out / f"{name}.w_avg.safetensors", {"w_avg": w_avg.detach().cpu().contiguous()})
+        doc["w_avg"] = f"{name}.w_avg.safetensors"
+    write_json(out / f"{name}.json", doc)
     return doc
+
+
+def load_w_avg(json_path: str | Path) -> torch.Tensor | None:
+    """The per-class average style saved beside a ``gan train`` generator (None for generators
+    written before it was tracked, or from elsewhere)."""
+    json_path = Path(json_path)
+    try:
+        doc = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        return None
+    name = doc.get("w_avg") if isinstance(doc, dict) else None
+    if not name or not (json_path.parent / name).is_file():
+        return None
+    return load_tensors(json_path.parent / name, what="average style")["w_avg"]
 
 
 def save_checkpoint(path: str | Path, cfg, *, step: int, cur_nimg: int, modules: dict[str, nn.Module],
                     optimizers: dict[str, torch.optim.Optimizer], gen: torch.Generator,
-                    logging: dict | None = None) -> None:
-    """Write the checkpoint (see the module docstring) atomically, and its ``.json`` twin."""
+                    logging: dict | None = None, extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the checkpoint (see the module docstring) atomically, and its ``.json`` twin.
+
+    ``extra_tensors`` (e.g. the average style) are stored as ``extra.<name>``."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     for name, m in modules.items():
@@ -67,6 +92,8 @@ def save_checkpoint(path: str | Path, cfg, *, step: int, cur_nimg: int, modules:
     for name, opt in optimizers.items():
         tensors.update(optimizer_state(name, opt))
     tensors["rng"] = gen.get_state()
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
     meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step), "cur_nimg": int(cur_nimg),
             "config": asdict(cfg), **({"logging": logging} if logging is not None else {})}
     save_tensors(path, tensors, metadata={"mtt_fast": json.dumps(meta)})
@@ -93,8 +120,12 @@ def upgrade_v1_optimizer_keys(tensors: dict[str, torch.Tensor],
 
 
 def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                    gen: torch.Generator) -> tuple[int, int, dict | None]:
+                    gen: torch.Generator, extra_tensors: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[int, int, dict | None]:
     """Restore ``modules``, ``optimizers`` and ``gen`` in place from a checkpoint of version 1 or 2.
+
+    ``extra_tensors`` are filled in place where the checkpoint has them (checkpoints written
+    before a tensor was saved leave it as it is).
 
     Returns:
         ``(step, cur_nimg, logging)``: ``logging`` holds the running sums of the next metrics
@@ -124,6 +155,9 @@ def load_checkpoint(path: str | Path, *, modules: dict[str, nn.Module], optimize
             if load_optimizer_state(name, opt, tensors) == 0 and step > 0:
                 raise KeyError(f"no state of optimizer {name}")
         gen.set_state(tensors["rng"])
+        for k, v in (extra_tensors or {}).items():
+            if f"extra.{k}" in tensors:
+                v.copy_(tensors[f"extra.{k}"])
         return step, int(meta["cur_nimg"]), meta.get("logging")
     except (ValueError, KeyError, RuntimeError, json.JSONDecodeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

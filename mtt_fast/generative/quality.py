@@ -8,9 +8,21 @@ class-correct images, which is what a deep generative prior for class-wise disti
 needs. The same classifier's accuracy on the real validation split is reported beside it
 as a ceiling of sorts (generated images can exceed it when they are prototypical).
 
-What it does NOT measure: diversity, mode coverage, or distribution match (FID, precision /
-recall). A generator that draws one perfect image per class scores 100 %. Look at the
-sample grids for diversity.
+Class consistency alone does not measure diversity: a generator that draws one perfect
+image per class scores 100 %. Beside it, in the same classifier's feature space (the input
+of its last linear layer; no downloaded Inception weights), per class:
+
+* ``kid``: an unbiased kernel distance (KID-style MMD^2 with the polynomial kernel
+  ``(x . y / d + 1)^3``) between the features of the generated images and of up to
+  ``samples_per_class`` real VALIDATION images of that class (images neither G nor the
+  classifier trained on); 0 in expectation for a generator that draws the real distribution,
+  larger is worse. The headline is the mean over classes;
+* diversity: the mean pairwise feature distance within the class, generated and real, and
+  their ratio (``diversity_ratio``, mean over classes; near 0 = collapsed, 1 = as varied as
+  the real images).
+
+Both are in classifier features, so they see what the classifier sees (class evidence),
+not every pixel; they compare runs judged by the same classifier, not across datasets.
 
 The classifier is either expert 0's final snapshot of an expert trajectory store
 (``--classifier-store``), or a small ConvNet (width 32, depth 3) trained for a couple of
@@ -20,6 +32,7 @@ epochs on the real training split at the start of ``gan train`` and saved as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -127,7 +140,59 @@ def load_or_train_classifier(out: str | Path, bundle, *, store: str | None = Non
     return net, info
 
 
+def truncate(w: torch.Tensor, labels: torch.Tensor, w_avg: torch.Tensor | None, psi: float) -> torch.Tensor:
+    """The truncation trick: ``w_avg[label] + psi * (w - w_avg[label])`` (``psi == 1``: ``w`` itself).
+
+    Args:
+        w: styles ``[n, w_dim]``.
+        labels: their classes ``[n]``.
+        w_avg: the average style of every class ``[K, w_dim]`` (``gan train`` tracks it).
+        psi: 1 leaves ``w`` alone; 0 gives every image of a class its average style.
+    """
+    if psi == 1.0:
+        return w
+    if w_avg is None:
+        raise UserError(f"--truncation {psi} needs the generator's average style (w_avg.safetensors), "
+                        "which this generator does not have")
+    avg = w_avg.to(device=w.device, dtype=w.dtype)[labels]
+    return avg + psi * (w - avg)
+
+
 @torch.no_grad()
+def judge_generated(G: nn.Module, classifier: nn.Module, *, mean, std, samples_per_class: int = 100,
+                    seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 250,
+                    truncation: float = 1.0, w_avg: torch.Tensor | None = None
+                    ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Class consistency of ``G`` (see :func:`class_consistency`), plus the classifier's features
+    ``[K * samples_per_class, d]`` (CPU) of the generated images and their labels.
+
+    ``truncation`` (with the per-class ``w_avg``) draws the images through :func:`truncate`.
+    """
+    K = int(G.num_classes)
+    if K < 1:
+        raise UserError("class consistency needs a class-conditional generator")
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(K * samples_per_class, int(G.z_dim), generator=gen)
+    labels = torch.arange(K).repeat_interleave(samples_per_class)
+    was_training = classifier.training
+    classifier.eval()
+    correct = torch.zeros(K)
+    feats = []
+    for i in range(0, len(labels), batch_size):
+        zz, ll = z[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+        w = truncate(G.mapping(zz, ll), ll, w_avg, truncation)
+        ws = w.unsqueeze(1).repeat(1, int(G.num_ws), 1)
+        img = to_model_space(G.render(None, ws, -1), mean, std)
+        logits, f = logits_and_features(classifier, img)
+        feats.append(f.cpu())
+        pred = logits.argmax(1).cpu()
+        correct += torch.bincount(ll.cpu()[pred == ll.cpu()], minlength=K).float()
+    classifier.train(was_training)
+    per_class = (100.0 * correct / samples_per_class).tolist()
+    res = {"class_consistency": sum(per_class) / K, "per_class": per_class, "samples_per_class": samples_per_class}
+    return res, torch.cat(feats), labels
+
+
 def class_consistency(G: nn.Module, classifier: nn.Module, *, mean, std, samples_per_class: int = 100,
                       seed: int = 0, device: torch.device | str = "cpu", batch_size: int = 250) -> dict:
     """How often ``classifier`` labels ``G``'s images as the class they were drawn for.
@@ -144,21 +209,116 @@ def class_consistency(G: nn.Module, classifier: nn.Module, *, mean, std, samples
         ``{"class_consistency": mean over classes (percent), "per_class": [K percents],
         "samples_per_class": n}``.
     """
-    K = int(G.num_classes)
-    if K < 1:
-        raise UserError("class consistency needs a class-conditional generator")
+    return judge_generated(G, classifier, mean=mean, std=std, samples_per_class=samples_per_class, seed=seed,
+                           device=device, batch_size=batch_size)[0]
+
+
+# ------------------------------------------------------------------------------ feature-space quality
+def last_linear(net: nn.Module) -> nn.Module:
+    """The last ``nn.Linear`` of ``net`` (its input is the feature vector quality is measured in).
+
+    Raises:
+        UserError: ``net`` has no linear layer.
+    """
+    lin = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not lin:
+        raise UserError("the quality classifier has no linear layer to take features from")
+    return lin[-1]
+
+
+@torch.no_grad()
+def logits_and_features(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [n, K], features [n, d])`` of ``net`` on ``x``: the features are the input of its
+    last linear layer (a ConvNet's flattened last block), captured by a forward pre-hook."""
+    got: list[torch.Tensor] = []
+    handle = last_linear(net).register_forward_pre_hook(lambda m, inp: got.append(inp[0].detach().flatten(1)))
+    try:
+        logits = net(x)
+    finally:
+        handle.remove()
+    return logits, got[-1]
+
+
+def poly_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """KID's polynomial kernel ``k(x, y) = (x . y / d + 1) ** 3`` between the rows of ``x`` and ``y``."""
+    return (x @ y.t() / x.shape[1] + 1.0) ** 3
+
+
+def kernel_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Unbiased MMD^2 between the samples ``x [m, d]`` and ``y [n, d]`` under :func:`poly_kernel`.
+
+    ``sum_{i != j} k(x_i, x_j) / (m (m - 1)) + sum_{i != j} k(y_i, y_j) / (n (n - 1))
+    - 2 sum_{i, j} k(x_i, y_j) / (m n)``, in float64 (the KID of Binkowski et al. 2018 on
+    one subset: zero in expectation when both come from the same distribution, so it can be
+    slightly negative).
+
+    Raises:
+        ValueError: fewer than two rows in ``x`` or ``y``.
+    """
+    m, n = x.shape[0], y.shape[0]
+    if m < 2 or n < 2:
+        raise ValueError("the kernel distance needs at least two samples on each side")
+    x, y = x.double(), y.double()
+    kxx, kyy, kxy = poly_kernel(x, x), poly_kernel(y, y), poly_kernel(x, y)
+    sxx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+    syy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+    return float(sxx + syy - 2 * kxy.mean())
+
+
+def mean_pairwise_distance(x: torch.Tensor) -> float:
+    """Mean Euclidean distance over the pairs ``i < j`` of the rows of ``x`` (within-set diversity)."""
+    if x.shape[0] < 2:
+        return float("nan")
+    d = torch.cdist(x.double(), x.double())
+    n = x.shape[0]
+    return float(d.sum() / (n * (n - 1)))
+
+
+def real_quality_images(split, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(positions, labels)``: up to ``per_class`` images of every class of ``split``, a seeded pick."""
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(K * samples_per_class, int(G.z_dim), generator=gen)
-    labels = torch.arange(K).repeat_interleave(samples_per_class)
+    pos, lab = [], []
+    for c in range(split.num_classes):
+        idx = torch.nonzero(split.labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)[:per_class]]
+        pos.append(idx)
+        lab.append(torch.full((len(idx),), c, dtype=torch.long))
+    return torch.cat(pos), torch.cat(lab)
+
+
+@torch.no_grad()
+def real_features(classifier: nn.Module, split, per_class: int, seed: int, device: torch.device | str = "cpu",
+                  batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features [n, d] on the CPU, labels [n])`` of :func:`real_quality_images` of ``split``."""
+    pos, labels = real_quality_images(split, per_class, seed)
     was_training = classifier.training
     classifier.eval()
-    correct = torch.zeros(K)
-    for i in range(0, len(labels), batch_size):
-        zz, ll = z[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
-        ws = G.mapping(zz, ll).unsqueeze(1).repeat(1, int(G.num_ws), 1)
-        img = to_model_space(G.render(None, ws, -1), mean, std)
-        pred = classifier(img).argmax(1).cpu()
-        correct += torch.bincount(ll.cpu()[pred == ll.cpu()], minlength=K).float()
+    feats = [logits_and_features(classifier, split.get(pos[i:i + batch_size], device=device))[1].cpu()
+             for i in range(0, len(pos), batch_size)]
     classifier.train(was_training)
-    per_class = (100.0 * correct / samples_per_class).tolist()
-    return {"class_consistency": sum(per_class) / K, "per_class": per_class, "samples_per_class": samples_per_class}
+    return (torch.cat(feats) if feats else torch.zeros(0, 1)), labels
+
+
+def feature_quality(gen_feats: torch.Tensor, gen_labels: torch.Tensor, real_feats: torch.Tensor,
+                    real_labels: torch.Tensor, num_classes: int) -> dict:
+    """Per-class kernel distance and diversity of generated vs real features.
+
+    Returns:
+        ``{"kid": mean over the classes that have >= 2 images on both sides (None if none),
+        "kid_per_class": [K] (None where undefined), "diversity_gen": [K], "diversity_real": [K]
+        (mean pairwise feature distance within the class), "diversity_ratio": mean over classes of
+        gen / real (1: as varied as the real images; near 0: collapsed)}``.
+    """
+    kid, dg, dr, ratio = [], [], [], []
+    for c in range(num_classes):
+        g, r = gen_feats[gen_labels == c], real_feats[real_labels == c]
+        kid.append(kernel_distance(g, r) if len(g) >= 2 and len(r) >= 2 else None)
+        dg.append(mean_pairwise_distance(g))
+        dr.append(mean_pairwise_distance(r))
+        if math.isfinite(dg[-1]) and math.isfinite(dr[-1]) and dr[-1] > 0:
+            ratio.append(dg[-1] / dr[-1])
+    defined = [k for k in kid if k is not None]
+    nan_to_none = lambda v: v if math.isfinite(v) else None  # noqa: E731 - JSON has no NaN in strict readers
+    return {"kid": sum(defined) / len(defined) if defined else None, "kid_per_class": kid,
+            "diversity_gen": [nan_to_none(v) for v in dg], "diversity_real": [nan_to_none(v) for v in dr],
+            "diversity_ratio": sum(ratio) / len(ratio) if ratio else None}

@@ -80,3 +80,17 @@ def render_labels(G: nn.Module, z: torch.Tensor, labels: torch.Tensor, device, b
         w = G.mapping(z[i:i + batch_size].to(device), labels[i:i + batch_size].to(device))
         out.append(G.render(None, w.unsqueeze(1).repeat(1, G.num_ws, 1), -1).cpu())
     return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------ style mixing
+def mix_styles(ws: torch.Tensor, ws2: torch.Tensor, cut: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """Style mixing: where ``mix[i]``, blocks ``cut[i]..num_ws - 1`` of sample ``i`` take ``ws2``'s styles.
+
+    Args:
+        ws, ws2: W+ styles ``[n, num_ws, w_dim]``.
+        cut: the crossover block of each sample ``[n]`` (``1 <= cut < num_ws``).
+        mix: which samples mix ``[n]`` bool.
+    """
+    num_ws = ws.shape[1]
+    use2 = (torch.arange(num_ws).unsqueeze(0) >= cut.cpu().unsqueeze(1)) & mix.cpu().unsqueeze(1)
+    return torch.where(use2.to(ws.device).unsqueeze(-1), ws2, ws)

@@ -12,7 +12,9 @@ Choosing k. Step 0 always runs with its graph, inside a ``saved_tensors_hooks`` 
 sums the bytes of the distinct storages autograd saves (the step's activations, its
 gradient's double-backward graph and ``theta_1``; the synthetic images themselves are not
 counted: they exist anyway). On CUDA the allocator's growth over the step is measured too
-and the larger reading is used. Step i is estimated at ``bytes_0 * b_i / b_0`` (``b_i`` its
+and the larger reading is used; ``bytes_0`` is that reading times ``STEP_BYTES_MARGIN``
+(1.1: the full unroll's measured peak-RSS growth on the fmnist setting was 3-5% above the
+saved-tensor sum). Step i is estimated at ``bytes_0 * b_i / b_0`` (``b_i`` its
 batch size; the reference's batch chunks make the first step the smallest one). The engine's
 memory at split k is estimated as
 
@@ -31,8 +33,8 @@ OS's free pages) less 512 MiB. The 20% and 512 MiB leave room for everything els
 and the machine allocate while the unroll runs.
 
 ``MatchResult.info`` says what was chosen: ``kept_steps`` (N - k), ``split`` (k),
-``memory_budget`` (bytes), ``budget_rule`` ("given" or the default rule), ``step_graph_bytes``
-(measured on step 0), ``estimate_bytes`` (the estimate above at the chosen split) and
+``memory_budget`` (bytes), ``budget_rule`` ("given" or the default rule), ``measured_step_bytes``
+(step 0's reading), ``step_graph_bytes`` (with the margin), ``estimate_bytes`` (the estimate above at the chosen split) and
 ``over_budget``.
 """
 
@@ -49,6 +51,10 @@ from mtt_fast.match.loss import MatchResult, check_loss_mask, masked_trajectory_
 from mtt_fast.match.plan import StepPlan
 from mtt_fast.match.student import Student
 
+#: A step's graph is estimated at this multiple of the saved-tensor bytes measured on step 0:
+#: on the fmnist setting (ConvNet-D3 w128, batch 100, CPU) the full unroll's peak-RSS growth
+#: was 3-5% above the saved-tensor sum (allocator overhead, the backward's transients).
+STEP_BYTES_MARGIN = 1.1
 #: Part of the free memory the default budget may use, and what it leaves aside on top.
 DEFAULT_BUDGET_FRACTION = 0.8
 DEFAULT_BUDGET_RESERVE = 512 * 2**20
@@ -204,20 +210,21 @@ def match_auto(student: Student, theta_start: torch.Tensor, theta_target: torch.
     with torch.enable_grad(), SavedBytes(exclude=(x0, y0, theta_start)) as saved:
         g = student.step_grad(theta0, x, y, plan[0], create_graph=True)
         theta = theta0 - lrg * g
-    bytes0 = saved.total
+    measured = saved.total
     if cuda:
         torch.cuda.synchronize(device)
-        bytes0 = max(bytes0, torch.cuda.memory_allocated(device) - before)
+        measured = max(measured, torch.cuda.memory_allocated(device) - before)
     # under torchrun every rank must split the unroll at the same step: the largest measurement
     # and the smallest budget of all ranks decide
-    bytes0 = int(student.agree_max(bytes0))
+    bytes0 = int(STEP_BYTES_MARGIN * student.agree_max(measured))
     budget = -int(student.agree_max(-budget))
     b0 = max(len(plan[0].indices), 1)
     step_bytes = [int(bytes0 * len(s.indices) / b0) for s in plan]
     hist_bytes = 0 if (offload and cuda) else theta_start.numel() * theta_start.element_size()
     k, estimate, over = choose_split(step_bytes, hist_bytes, budget)
     info = {"engine": "auto", "kept_steps": n - k, "split": k, "steps": n, "memory_budget": budget,
-            "budget_rule": rule, "step_graph_bytes": bytes0, "history_bytes_per_step": hist_bytes, "estimate_bytes": estimate, "over_budget": over}
+            "budget_rule": rule, "step_graph_bytes": bytes0, "measured_step_bytes": measured,
+            "history_bytes_per_step": hist_bytes, "estimate_bytes": estimate, "over_budget": over}
     if over:
         warnings.warn(f"auto engine: memory budget {budget / 2**20:.0f} MiB is below the adjoint engine's "
                       f"estimated {estimate / 2**20:.0f} MiB; running as the adjoint anyway", stacklevel=2)

@@ -26,8 +26,15 @@ METHOD_ORDER = ["random", "dd", "mtt", "glad"]
 METHOD_LABELS = {"random": "Random real", "dd": "DD", "mtt": "MTT", "glad": "GLaD"}
 
 
-def method_label(method: str | None) -> str:
-    return METHOD_LABELS.get(str(method).lower(), str(method))
+def method_label(method: str | None, labels: str | None = None) -> str:
+    """The display name of a method; ``" (soft)"`` appended when its networks trained on soft labels."""
+    name = METHOD_LABELS.get(str(method).lower(), str(method))
+    return f"{name} (soft)" if labels == "soft" else name
+
+
+def labels_rank(labels: str | None) -> int:
+    """Sort key of the label kind: hard (or unrecorded) before soft."""
+    return 1 if labels == "soft" else 0
 
 
 def method_rank(method: str | None) -> tuple[int, str]:
@@ -74,6 +81,12 @@ class EvalRun:
     @property
     def dataset(self) -> str:
         return str(self.results.get("dataset", "?"))
+
+    @property
+    def labels(self) -> str:
+        """``"soft"`` when the networks trained on the synset's soft labels, else ``"hard"``
+        (results written before soft labels existed are hard)."""
+        return "soft" if self.results.get("labels") == "soft" else "hard"
 
     @property
     def metric(self) -> str:

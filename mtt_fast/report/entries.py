@@ -17,6 +17,7 @@ from mtt_fast.report.collect import (
     EvalRun,
     finite,
     ipc_key,
+    labels_rank,
     method_label,
     method_rank,
 )
@@ -45,8 +46,10 @@ class Tables:
 
 
 def table1_entries(evals: list[EvalRun]) -> list[dict]:
-    """One entry per (dataset, split, ipc, method): the backbone architecture's result.
+    """One entry per (dataset, split, ipc, method, labels): the backbone architecture's result.
 
+    ``labels`` is ``"soft"`` or ``"hard"`` (:attr:`EvalRun.labels`): a synset evaluated with its
+    soft labels and the same synset evaluated with ``--hard-labels`` are two entries, never one.
     When several evaluations qualify (``eval/`` and ``eval_cross/`` both train ConvNets), the
     one with the most trained networks wins, then the first found.
     """
@@ -59,13 +62,14 @@ def table1_entries(evals: list[EvalRun]) -> list[dict]:
         entry = {
             "dataset": e.dataset, "split": e.results.get("split", "test"), "metric": e.metric, "ipc": e.ipc,
             "ratio_percent": finite(e.results.get("ratio_percent")), "method": e.method.lower(), "arch": arch,
-            "runs": len(r.get("runs", [])) or e.results.get("repeats"), "mean": r["mean"], "std": r["std"],
-            "source": e.name,
+            "labels": e.labels, "runs": len(r.get("runs", [])) or e.results.get("repeats"), "mean": r["mean"],
+            "std": r["std"], "source": e.name,
         }
-        key = (entry["dataset"], entry["split"], entry["ipc"], entry["method"])
+        key = (entry["dataset"], entry["split"], entry["ipc"], entry["method"], entry["labels"])
         if key not in best or (entry["runs"] or 0) > (best[key]["runs"] or 0):
             best[key] = entry
-    return sorted(best.values(), key=lambda x: (x["dataset"], x["split"], ipc_key(x["ipc"]), method_rank(x["method"])))
+    return sorted(best.values(), key=lambda x: (x["dataset"], x["split"], ipc_key(x["ipc"]), method_rank(x["method"]),
+                                                labels_rank(x["labels"])))
 
 
 def _run_metric(d: DistillRun) -> str:
@@ -90,6 +94,8 @@ def max_test_entries(col: Collection) -> list[dict]:
 def cross_arch_groups(evals: list[EvalRun]) -> list[dict]:
     """Per (dataset, split, ipc): methods x unseen architectures (Tables 2-3).
 
+    A method's soft-label and hard-label evaluations are separate rows (labelled ``(soft)``).
+
     Returns:
         ``{"dataset", "split", "ipc", "archs", "rows"}`` per group; each row is ``{"label",
         "source", "results"}`` where ``results`` is a ``results.json`` content holding the
@@ -103,7 +109,7 @@ def cross_arch_groups(evals: list[EvalRun]) -> list[dict]:
             continue
         key = (e.dataset, e.results.get("split", "test"), e.ipc)
         g = groups.setdefault(key, {})
-        m = e.method.lower()
+        m = (e.method.lower(), e.labels)
         if m not in g:
             g[m] = EvalRun(e.path, e.name, {**e.results, "results": {}}, e.synset)
         # evaluations of one method split by architecture (eval_cross/<arch>/) merge into one
@@ -118,8 +124,9 @@ def cross_arch_groups(evals: list[EvalRun]) -> list[dict]:
                                                    key=lambda kv: (kv[0][0], kv[0][1], ipc_key(kv[0][2]))):
         found = [a for e in by_method.values() for a in e.results["results"] if a != (e.backbone or "convnet")]
         archs = [a for a in UNSEEN_ORDER if a in found] + sorted({a for a in found if a not in UNSEEN_ORDER})
-        rows = [{"label": method_label(m), "source": by_method[m].name, "results": by_method[m].results}
-                for m in sorted(by_method, key=method_rank)]
+        rows = [{"label": method_label(*m), "labels": m[1], "source": by_method[m].name,
+                 "results": by_method[m].results}
+                for m in sorted(by_method, key=lambda ml: (method_rank(ml[0]), labels_rank(ml[1])))]
         out.append({"dataset": dataset, "split": split, "ipc": ipc, "archs": archs, "rows": rows})
     return out
 
@@ -166,7 +173,7 @@ def recall_entries(table1: list[dict], evals: list[EvalRun]) -> list[dict]:
         for e in es:
             rec = e["mean"].get("per_class_recall")
             if rec:
-                series.append((f"{method_label(e['method'])}", [float(v) for v in rec],
+                series.append((method_label(e["method"], e.get("labels")), [float(v) for v in rec],
                                finite(e["mean"].get("balanced_accuracy"))))
         if not series:
             continue
@@ -186,7 +193,7 @@ def recall_entries(table1: list[dict], evals: list[EvalRun]) -> list[dict]:
 def evaluation_entries(evals: list[EvalRun]) -> list[dict]:
     """Every evaluation: where it is, what it evaluated, mean and std per architecture."""
     return [{"name": e.name, "path": str(e.path), "dataset": e.dataset, "method": e.method, "ipc": e.ipc,
-             "split": e.results.get("split"), "metric": e.metric,
+             "labels": e.labels, "split": e.results.get("split"), "metric": e.metric,
              "results": {a: {"mean": r["mean"], "std": r["std"], "runs": len(r.get("runs", []))}
                          for a, r in e.results["results"].items()}}
             for e in evals]

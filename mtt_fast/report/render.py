@@ -148,7 +148,8 @@ def _evaluations(doc: _Doc, t: Tables) -> None:
         by_split.setdefault((e["dataset"], e["split"] or "test", e["metric"]), []).append(e)
     for _, es in sorted(by_split.items(), key=lambda kv: str(kv[0])):
         es = sorted(es, key=lambda e: (ipc_key(e["ipc"]), method_rank(e["method"]), e["name"]))
-        doc.add(results_markdown([(f"`{e['name']}` ({method_label(e['method'])})", e) for e in es]), "")
+        doc.add(results_markdown([(f"`{e['name']}` ({method_label(e['method'], e.get('labels'))})", e) for e in es]),
+                "")
     if not t.evaluations:
         doc.add("No evaluation was found.", "")
     if t.notes:

@@ -37,19 +37,28 @@ def table1_markdown(entries: list[dict]) -> str:
     """The paper's Table 1: dataset x images per class x method, on the backbone architecture.
 
     Args:
-        entries: one dict per (dataset, split, ipc, method): ``dataset``, ``split``, ``metric``
-            (the headline metric), ``ipc``, ``ratio_percent``, ``method``, ``arch``, ``runs``,
-            ``mean`` and ``std`` (``{metric: value}``, percent).
+        entries: one dict per (dataset, split, ipc, method, labels): ``dataset``, ``split``,
+            ``metric`` (the headline metric), ``ipc``, ``ratio_percent``, ``method``, ``labels``
+            (``soft`` or ``hard``; missing: hard), ``arch``, ``runs``, ``mean`` and ``std``
+            (``{metric: value}``, percent).
 
     Returns:
         A Markdown table: the headline metric (accuracy, or AUC for a binary task) as
-        mean ± std over the trained networks, balanced accuracy in brackets beside it.
+        mean ± std over the trained networks, balanced accuracy in brackets beside it. A method
+        evaluated with soft labels has its own column, ``<method> (soft)``, right of its hard one.
     """
     if not entries:
         return ""
     methods = [m for m, _ in METHOD_COLUMNS]
     extra = sorted({e["method"] for e in entries} - set(methods))
-    cols = METHOD_COLUMNS + [(m, m) for m in extra]
+    soft = {e["method"] for e in entries if e.get("labels") == "soft"}
+    hard = {e["method"] for e in entries if e.get("labels") != "soft"}
+    cols = []
+    for m in methods + extra:
+        if m in methods or m in hard:
+            cols.append(((m, "hard"), method_label(m)))
+        if m in soft:
+            cols.append(((m, "soft"), method_label(m, "soft")))
     archs = sorted({e["arch"] for e in entries})
     out = [(f"Headline metric, mean ± std over the networks trained from scratch on each synset "
             f"({', '.join(archs)}, the distillation backbone); balanced accuracy in brackets. "
@@ -58,7 +67,8 @@ def table1_markdown(entries: list[dict]) -> str:
            "|---" * (4 + len(cols)) + "|"]
     groups: dict[tuple, dict] = {}
     for e in entries:
-        groups.setdefault((e["dataset"], e["split"], e["metric"]), {}).setdefault(e["ipc"], {})[e["method"]] = e
+        kind = "soft" if e.get("labels") == "soft" else "hard"
+        groups.setdefault((e["dataset"], e["split"], e["metric"]), {}).setdefault(e["ipc"], {})[(e["method"], kind)] = e
     for (dataset, split, metric), by_ipc in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         first = True
         for ipc in sorted(by_ipc, key=lambda i: (i is None, i if isinstance(i, (int, float)) else 0)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +46,12 @@ def run_buffer(stage: BufferStage, out: str | Path, *, overwrite: bool = False, 
     positive(lr=cfg.lr)
     if cfg.momentum < 0 or cfg.weight_decay < 0:
         raise UserError("--momentum and --weight-decay must be at least 0")
+    if not (math.isfinite(cfg.sam_rho) and cfg.sam_rho >= 0):
+        raise UserError(f"--sam-rho must be a finite number at least 0 (got {cfg.sam_rho})")
+    if not (math.isfinite(cfg.gsam_alpha) and cfg.gsam_alpha >= 0):
+        raise UserError(f"--gsam-alpha must be a finite number at least 0 (got {cfg.gsam_alpha})")
+    if cfg.gsam_alpha > 0 and cfg.sam_rho == 0:
+        raise UserError(f"--gsam-alpha {cfg.gsam_alpha:g} needs --sam-rho above 0 (GSAM is a SAM step)")
     bundle = load_bundle(stage.data, seed=cfg.seed, progress=progress)
     jitter = stage.data.dataset in ("pg", "crc") if stage.jitter is None else stage.jitter
     config = {"command": "buffer", "dataset": bundle.meta(), "jitter": jitter, **asdict(cfg)}

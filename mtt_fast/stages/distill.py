@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mtt_fast.distill import DistillConfig, Distiller, method_class
+from mtt_fast.distill.options import StartSchedule, parse_bytes
 from mtt_fast.errors import UserError
 from mtt_fast.experts import TrajectoryStore
 from mtt_fast.rundir import finished, open_run
@@ -50,7 +51,22 @@ def validate(cfg: DistillConfig) -> DistillConfig:
         raise UserError(f"--syn-lr-min must be a finite number >= 0 (got {cfg.syn_lr_min})")
     if not 0 <= cfg.momentum < 1:
         raise UserError(f"momentum must be in [0, 1) (got {cfg.momentum})")
-    return cfg
+    positive(lr_y=cfg.lr_y, skip_loss_above=cfg.trajectory.skip_loss_above)
+    if cfg.ema_images is not None and not 0 < cfg.ema_images < 1:
+        raise UserError(f"--ema-images must be a decay in (0, 1), e.g. 0.9995 (got {cfg.ema_images})")
+    t = cfg.trajectory
+    if t.start_epoch_schedule is not None:
+        t = replace(t, start_epoch_schedule=str(StartSchedule.parse(t.start_epoch_schedule)))
+    t = replace(t, memory_budget=parse_bytes(t.memory_budget))
+    if t.memory_budget is not None and t.engine != "auto":
+        raise UserError(f"--memory-budget is for --engine auto (got --engine {t.engine})")
+    return replace(cfg, trajectory=t)
+
+
+def start_epoch_bound(cfg: DistillConfig) -> int:
+    """The largest T+ the run will use: the schedule's HI, else ``--max-start-epoch``."""
+    t = cfg.trajectory
+    return StartSchedule.parse(t.start_epoch_schedule).hi if t.start_epoch_schedule else t.max_start_epoch
 
 
 def run_distill(stage: DistillStage, out: str | Path, *, overwrite: bool = False, device="auto", progress: bool = True,
@@ -65,7 +81,12 @@ def run_distill(stage: DistillStage, out: str | Path, *, overwrite: bool = False
     cfg = validate(stage.distill)
     store = TrajectoryStore.open(stage.buffer)
     if method_class(cfg.method).uses_trajectories:
-        store.check_epochs(cfg.trajectory.expert_epochs, cfg.trajectory.max_start_epoch)
+        t = cfg.trajectory
+        if t.start_epoch_schedule and start_epoch_bound(cfg) - 1 + t.expert_epochs > store.epochs:
+            raise UserError(f"--start-epoch-schedule {t.start_epoch_schedule} with --expert-epochs {t.expert_epochs} "
+                            f"needs {start_epoch_bound(cfg) - 1 + t.expert_epochs} epochs, but the store "
+                            f"{store.path} has {store.epochs}")
+        store.check_epochs(t.expert_epochs, start_epoch_bound(cfg))
     config = {"command": "distill", "buffer": str(Path(stage.buffer).resolve()), **cfg.flat()}
     defaults = DistillConfig().resolved().flat()
     if finished(out, config, overwrite=overwrite, defaults=defaults):

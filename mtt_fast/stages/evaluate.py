@@ -17,7 +17,10 @@ from mtt_fast.synth import Synset
 
 @dataclass
 class EvalStage:
-    """The eval command. ``evaluation.width`` / ``depth`` are taken from the synset's backbone."""
+    """The eval command. ``evaluation.width`` / ``depth`` are taken from the synset's backbone.
+
+    ``hard_labels``: train on the hard classes even when the synset has soft labels.
+    """
 
     synset: str
     evaluation: EvalConfig = field(default_factory=EvalConfig)
@@ -26,6 +29,7 @@ class EvalStage:
     split: str = "test"
     seed: int = 0
     data_root: str | None = None
+    hard_labels: bool = False
 
 
 def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, device="auto", progress: bool = True,
@@ -47,8 +51,9 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
     m = synset.meta
     cfg = replace(stage.evaluation, width=m.get("width", 128), depth=m.get("depth", 3))
     config = {"command": "eval", "synset": str(Path(stage.synset).resolve()), "archs": list(stage.archs),
-              "repeats": stage.repeats, "split": stage.split, "seed": stage.seed, **asdict(cfg)}
-    defaults = {**asdict(EvalConfig()), "split": "test", "seed": 0}
+              "repeats": stage.repeats, "split": stage.split, "seed": stage.seed, "hard_labels": stage.hard_labels,
+              **asdict(cfg)}
+    defaults = {**asdict(EvalConfig()), "split": "test", "seed": 0, "hard_labels": False}
     if finished(out, config, overwrite=overwrite, defaults=defaults):
         log(f"{out} already holds these results; nothing to do (pass --overwrite to evaluate again)")
         return read_json(out / "results.json", what="evaluation results")
@@ -58,11 +63,13 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
         raise UserError(f"--synset {stage.synset} was made for classes {m['classes']} at {synset.images.shape[-1]} px, "
                         f"but the dataset gives {bundle.classes} at {bundle.res} px")
     with open_run(out, config, overwrite=overwrite, defaults=defaults) as run:
+        soft = synset.soft_labels is not None and not stage.hard_labels
         log(f"evaluating {m.get('method')} ipc {m.get('ipc')} on {stage.split}: {', '.join(stage.archs)} x "
-            f"{stage.repeats}, {cfg.epochs} epochs")
+            f"{stage.repeats}, {cfg.epochs} epochs, {'soft' if soft else 'hard'} labels")
         results = evaluate_synset(synset, bundle, list(stage.archs), cfg, repeats=stage.repeats, split=stage.split,
-                                  seed=stage.seed, device=dev, progress=progress, log=log)
-        write_results(out, results, label or f"{m.get('method')}")
+                                  seed=stage.seed, device=dev, progress=progress, log=log,
+                                  hard_labels=stage.hard_labels)
+        write_results(out, results, label or f"{m.get('method')}" + (" (soft)" if soft else ""))
         run.complete()
     log(f"results in {out / 'results.json'} and {out / 'results.md'}")
     return results

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from mtt_fast.generative import GANConfig, train_gan
+from mtt_fast.generative.config import legacy_defaults
 from mtt_fast.rundir import finished, open_run
 from mtt_fast.stages.common import DataOptions, at_least_one, load_bundle, resolve_device
 
@@ -37,14 +38,17 @@ def run_gan(stage: GanStage, out: str | Path, *, overwrite: bool = False, device
     at_least_one(classifier_epochs=cfg.classifier_epochs)
     bundle = load_bundle(stage.data, seed=cfg.seed, progress=progress)
     config = {"command": "gan train", "dataset": bundle.meta(), **asdict(cfg), "num_threads": stage.num_threads}
-    if finished(out, config, overwrite=overwrite):
+    defaults = legacy_defaults()  # a run made before a setting existed used its old value
+    if finished(out, config, overwrite=overwrite, defaults=defaults):
         log(f"{out} already holds this finished generator; nothing to do (pass --overwrite to train again)")
         return {}
-    with open_run(out, config, overwrite=overwrite) as run:
+    with open_run(out, config, overwrite=overwrite, defaults=defaults) as run:
         res = train_gan(bundle, out, cfg, device=dev, progress=progress, log=log)
         run.complete()
     q = res["quality"]
     log(f"generator {out / 'generator.json'} (step {res['step']}): class consistency "
         f"{q['class_consistency']:.2f}% (the classifier's accuracy on real validation images: "
         f"{res['classifier']['val_accuracy']:.2f}%)")
+    if res.get("best"):
+        log(f"best generator {out / 'generator_best.json'}: step {res['best']['step']}, kid {res['best']['kid']:.4f}")
     return res

@@ -24,6 +24,30 @@ vectors only: ``space wp``, ``layer -1``), whether ``lr_g`` means the generator 
 ``lr_lr`` and the initial syn_lr (MTT's: 1e-5 and the experts' lr), and the evaluation during
 distillation (every 100 iterations, 3 networks, as the paper says; 300 epochs each to keep it
 affordable; the final ``eval`` uses the paper's 1000).
+
+Recipe presets (``--preset datm|ftd|pad``) are GRIDS: one point per published ipc (1 and 10), each
+with that ipc's published CIFAR-10 ConvNet settings (the authors' config files):
+
+* ``datm`` (Guo et al. 2024): soft labels (``lr_y`` 5 at ipc 1, 2 at ipc 10), skip above loss 1.1 /
+  1.0, N 80, M 2, ``lr_img`` 100, ``lr_lr`` 1e-7 / 1e-5, ``batch_syn`` 100 at ipc 10 (all at ipc 1);
+  start epochs: T+ 4 at ipc 1, the schedule 10:20:1000 at ipc 10; 10000 iterations.
+* ``ftd`` (Du et al. 2023): MTT's settings (ipc 1: N 50, T+ 2, ``lr_img`` 1000, ``lr_lr`` 1e-7; ipc 10:
+  N 30, T+ 20, ``lr_img`` 1000, ``lr_lr`` 1e-5; M 2; 5000 iterations) plus ``ema_images`` 0.9995.
+  FTD's other half, experts trained with GSAM (rho 0.01), is a property of the store: build it with
+  ``buffer --sam-rho 0.01``; the preset cannot change the store.
+* ``pad`` (Li et al. 2024): DATM's settings plus ``match_layers``: all layers at ipc 1 (PAD's
+  ``loss_ratio`` 0), the deepest half at ipc 10 (``loss_ratio`` 0.5: ``deep:0.5``); PAD drops more
+  shallow layers as ipc grows. PAD's other half (an easy-to-hard selection of the real data the
+  experts train on, ``depth_ratio``) is not implemented.
+
+Not taken from the recipes: ``lr_teacher`` (they set 0.01, the learning rate of their experts; we
+keep the default, this store's expert lr) and ZCA whitening. Scaling to the user's setting: a
+``base:`` ``ipc`` keeps only the point of the largest published ipc <= it (ipc 1 below 10); a
+``base:`` ``iterations`` scales the schedule's ITERS by ``iterations / 10000``; when the store
+(``base: buffer``) has fewer epochs than the recipe needs, T+ and the schedule's LO/HI are scaled by
+``epochs / 50`` (the published experts trained 50 epochs) and capped so that every start has its
+target. Keys the ``base:`` sets win over the preset's; a ``grid:`` / ``points:`` is crossed with the
+preset's points.
 """
 
 from __future__ import annotations
@@ -36,6 +60,7 @@ from pathlib import Path
 
 from mtt_fast.distill import DistillConfig
 from mtt_fast.errors import UserError
+from mtt_fast.experts import TrajectoryStore
 from mtt_fast.io import read_json, read_yaml, write_json, write_text
 from mtt_fast.rundir import hold
 from mtt_fast.stages.common import dsa_dict
@@ -50,6 +75,61 @@ PRESETS: dict[str, dict] = {
     # Table 5 (pg, ACC 49.6): ipc 20, T+ 1, N 50, M 2, lr_img 1e3, lr_w 1, lr_g 1e-2
     "pg": {**_COMMON, "lr_img": 1e3, "lr_g": 1e-2},
 }
+
+_DATM_BASE = {"method": "mtt", "syn_steps": 80, "expert_epochs": 2, "lr_img": 100.0, "iterations": 10000,
+              "soft_labels": True, "pix_init": "real"}
+_DATM_IPC = {
+    1: {"ipc": 1, "lr_y": 5.0, "skip_loss_above": 1.1, "max_start_epoch": 4, "lr_lr": 1e-7},
+    10: {"ipc": 10, "lr_y": 2.0, "skip_loss_above": 1.0, "start_epoch_schedule": "10:20:1000", "lr_lr": 1e-5,
+         "batch_syn": 100},
+}
+#: recipe presets: a base and one point per published ipc (see the module docstring)
+RECIPES: dict[str, dict] = {
+    "datm": {"base": _DATM_BASE, "by_ipc": _DATM_IPC},
+    "ftd": {"base": {"method": "mtt", "expert_epochs": 2, "lr_img": 1000.0, "iterations": 5000, "ema_images": 0.9995},
+            "by_ipc": {1: {"ipc": 1, "syn_steps": 50, "max_start_epoch": 2, "lr_lr": 1e-7},
+                       10: {"ipc": 10, "syn_steps": 30, "max_start_epoch": 20, "lr_lr": 1e-5}}},
+    "pad": {"base": _DATM_BASE, "by_ipc": {1: {**_DATM_IPC[1], "match_layers": "all"},
+                                           10: {**_DATM_IPC[10], "match_layers": "deep:0.5"}}},
+}
+#: the epochs the published experts trained for (the scale of their start epochs)
+RECIPE_EXPERT_EPOCHS = 50
+#: every preset name (``--preset``)
+PRESET_NAMES = [*PRESETS, *RECIPES]
+
+
+def recipe_points(name: str, user_base: dict, store_epochs: int | None) -> list[dict]:
+    """The preset ``name``'s points, adapted to the user's ``base:`` and the store (module docstring)."""
+    by_ipc = RECIPES[name]["by_ipc"]
+    if "ipc" in user_base:
+        ipc = int(user_base["ipc"])
+        ipcs = [max([k for k in by_ipc if k <= ipc], default=min(by_ipc))]
+    else:
+        ipcs = sorted(by_ipc)
+    base = {**RECIPES[name]["base"], **user_base}
+    points = []
+    for k in ipcs:
+        p = {key: v for key, v in by_ipc[k].items() if key not in user_base}
+        merged = {**base, **p}
+        sched = p.get("start_epoch_schedule")
+        epochs = store_epochs
+        m = int(merged.get("expert_epochs", 2))
+        if sched:
+            lo, hi, iters = (int(v) for v in sched.split(":"))
+            if "iterations" in user_base:
+                iters = max(1, math.ceil(iters * int(user_base["iterations"]) / RECIPES[name]["base"]["iterations"]))
+            if epochs is not None and hi - 1 + m > epochs:
+                hi, lo = _scaled(hi, epochs, m), min(_scaled(lo, epochs, m), _scaled(hi, epochs, m))
+            p["start_epoch_schedule"] = f"{lo}:{hi}:{iters}"
+        if "max_start_epoch" in p and epochs is not None and p["max_start_epoch"] - 1 + m > epochs:
+            p["max_start_epoch"] = _scaled(p["max_start_epoch"], epochs, m)
+        points.append(p)
+    return points
+
+
+def _scaled(t: int, epochs: int, m: int) -> int:
+    """A published start epoch bound ``t`` scaled to a store of ``epochs`` epochs, capped to fit ``m``."""
+    return max(1, min(round(t * epochs / RECIPE_EXPERT_EPOCHS), epochs - m + 1))
 
 
 def _key(k) -> str:
@@ -75,8 +155,8 @@ def load_grid(path: str | Path, preset: str | None = None) -> tuple[dict, list[d
     spec = read_yaml(path, what="sweep grid")
     if not isinstance(spec, dict) or not set(spec) <= {"base", "grid", "points"}:
         raise UserError(f"{path}: a sweep grid is a mapping with base:, grid: and/or points:")
-    if preset is not None and preset not in PRESETS:
-        raise UserError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
+    if preset is not None and preset not in PRESET_NAMES:
+        raise UserError(f"--preset {preset}: choose one of {', '.join(PRESET_NAMES)}")
     known = grid_names()
 
     def name(k) -> str:
@@ -87,8 +167,9 @@ def load_grid(path: str | Path, preset: str | None = None) -> tuple[dict, list[d
             raise UserError(f"{path}: unknown distill option {k!r}")
         return known[k]
 
-    base = {**(PRESETS[preset] if preset else {}), **(spec.get("base") or {})}
-    base = {name(k): v for k, v in base.items()}
+    user_base = {name(k): v for k, v in (spec.get("base") or {}).items()}
+    recipe = RECIPES.get(preset or "")
+    base = {**(PRESETS.get(preset, {}) if preset else {}), **(recipe["base"] if recipe else {}), **user_base}
     grid = {name(k): v for k, v in (spec.get("grid") or {}).items()}
     for k, v in grid.items():
         if not isinstance(v, list) or not v:
@@ -98,7 +179,20 @@ def load_grid(path: str | Path, preset: str | None = None) -> tuple[dict, list[d
         if not isinstance(p, dict):
             raise UserError(f"{path}: every entry of points: must be a mapping of option: value")
         points.append({name(k): v for k, v in p.items()})
+    if recipe:
+        rp = recipe_points(preset, user_base, _store_epochs(base.get("buffer")))
+        points = [{**r, **p} for r in rp for p in (points or [{}])]
     return base, points or [{}]
+
+
+def _store_epochs(buffer) -> int | None:
+    """The epochs of the store at ``buffer`` (None when there is none to read: the run reports it)."""
+    if not buffer:
+        return None
+    try:
+        return TrajectoryStore.open(str(buffer)).epochs
+    except UserError:
+        return None
 
 
 def point_name(point: dict) -> str:

@@ -185,3 +185,21 @@ def test_block_impl_reference_and_fused_distill_the_same(store, tmp_path):
     a, b = Synset.load(tmp_path / "ref" / "synset_last"), Synset.load(tmp_path / "fused" / "synset_last")
     torch.testing.assert_close(a.images, b.images, rtol=1e-4, atol=1e-4)
     assert abs(a.syn_lr - b.syn_lr) < 1e-6
+
+
+def test_glad_learns_soft_labels_like_mtt(store, generator_dir, tmp_path, monkeypatch):
+    from mtt_fast.distill.soft import ExpertNetwork
+    from mtt_fast.experts import TrajectoryStore
+    from tests.distill.contract_engine import patch_engines
+
+    patch_engines(monkeypatch)
+    out, still = tmp_path / "glad-soft", tmp_path / "glad-still"
+    base = ["distill", "--buffer", store, *GLAD, "--generator", generator_dir, "--soft-labels"]
+    run(*base, "--lr-y", "5", "--out", out)
+    run(*base, "--lr-y", "1e-12", "--lr-w", "1e-12", "--lr-lr", "1e-12", "--out", still)
+    s, init = Synset.load(out / "synset_last"), Synset.load(still / "synset_last")
+    assert s.soft_labels.shape == (4, len(s.meta["classes"])) and s.meta["soft_labels"]["learned"] is True
+    # the labels start at the labelling expert's logits on the generator's first images, then move
+    expert = ExpertNetwork(TrajectoryStore.open(store))
+    torch.testing.assert_close(init.soft_labels, expert.logits(init.images), rtol=1e-4, atol=1e-4)
+    assert (s.soft_labels - init.soft_labels).abs().max() > 1e-3

@@ -96,6 +96,12 @@ def crc(crc_bundle_one_thread):
 CFG = {"steps": 4, "batch_size": 4, "z_dim": 8, "w_dim": 16, "channel_base": 64, "channel_max": 8, "r1_interval": 2,
            "checkpoint_every": 2, "quality_every": 4, "sample_every": 4, "quality_samples": 2, "classifier_epochs": 1, "log_every": 2,
            "seed": 3}
+#: the recipe version-1 checkpoints were written with (before ADA and style mixing by default)
+OLD_RECIPE = {"augment": "diffaug", "mixing_prob": 0.0}
+
+
+def _cfg(v1: bool) -> GANConfig:
+    return GANConfig(**CFG, **(OLD_RECIPE if v1 else {}))
 
 
 def _killed_at_step_2(crc, out, monkeypatch, *, v1: bool):
@@ -111,16 +117,20 @@ def _killed_at_step_2(crc, out, monkeypatch, *, v1: bool):
 
     monkeypatch.setattr(GANTrainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_gan(crc, out, GANConfig(**CFG), progress=False, log=lambda m: None)
+        train_gan(crc, out, _cfg(v1), progress=False, log=lambda m: None)
     monkeypatch.setattr(GANTrainer, "save_checkpoint", real_save)
 
 
 @pytest.fixture(scope="module")
 def reference(crc, tmp_path_factory):
-    out = tmp_path_factory.mktemp("gan") / "full"
-    res = train_gan(crc, out, GANConfig(**CFG), progress=False, log=lambda m: None)
-    assert res["step"] == 4
-    return load_tensors(out / "generator.safetensors")
+    """The uninterrupted run's generator and metrics, per recipe (v1: the old one; v2: ADA + style mixing)."""
+    out = {}
+    for v1 in (False, True):
+        d = tmp_path_factory.mktemp("gan") / "full"
+        res = train_gan(crc, d, _cfg(v1), progress=False, log=lambda m: None)
+        assert res["step"] == 4
+        out[v1] = (load_tensors(d / "generator.safetensors"), (d / "metrics.jsonl").read_text())
+    return out
 
 
 @pytest.mark.parametrize("v1", [False, True], ids=["v2", "v1"])
@@ -134,12 +144,15 @@ def test_killed_run_resumes_bit_exactly(crc, reference, tmp_path, monkeypatch, v
         assert meta["version"] == CHECKPOINT_VERSION and "exp_avg_opt_G.0" in keys
         assert not any(k.startswith("opt_G.") for k in keys)
     logs = []
-    res = train_gan(crc, out, GANConfig(**CFG), progress=False, log=logs.append)
+    res = train_gan(crc, out, _cfg(v1), progress=False, log=logs.append)
     assert res["step"] == 4 and any("resuming from" in m and "at step 2" in m for m in logs)
     got = load_tensors(out / "generator.safetensors")
-    assert got.keys() == reference.keys()
-    for k in reference:
-        assert torch.equal(got[k], reference[k]), k
+    ref, ref_metrics = reference[v1]
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    # the losses, ADA's p and the quality numbers are logged as by the uninterrupted run
+    assert (out / "metrics.jsonl").read_text() == ref_metrics
     # the resumed run writes the current format
     assert _meta(out / "checkpoint.safetensors")["version"] == CHECKPOINT_VERSION
 
@@ -151,7 +164,7 @@ def test_a_checkpoint_without_optimizer_state_is_refused(crc, tmp_path, monkeypa
     t = {k: v for k, v in load_tensors(path).items() if "opt_D" not in k}
     save_tensors(path, t, metadata={"mtt_fast": json.dumps(_meta(path))})
     trainer = GANTrainer.__new__(GANTrainer)  # only the objects a checkpoint restores
-    cfg = GANConfig(**CFG)
+    cfg = _cfg(False)
     trainer.bundle, trainer.cfg, trainer.device, trainer.ckpt = crc, cfg, torch.device("cpu"), path
     trainer._build()
     with pytest.raises(UserError, match=r"cannot be resumed \(.*no state of optimizer opt_D"):

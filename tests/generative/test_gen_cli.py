@@ -70,7 +70,12 @@ def test_gan_train_writes_everything(finished):
     q = [r for r in recs if "class_consistency" in r]
     assert [r["step"] for r in q] == [10, 20]
     assert 0 <= q[-1]["class_consistency"] <= 100 and len(q[-1]["per_class"]) == 10
-    assert all(k in recs[0] for k in ("loss_G", "loss_D", "r1", "D_real", "D_fake"))
+    assert all(k in recs[0] for k in ("loss_G", "loss_D", "r1", "D_real", "D_fake", "augment_p", "ada_rt"))
+    assert all(k in q[-1] for k in ("kid", "kid_per_class", "diversity_gen", "diversity_real", "diversity_ratio"))
+    assert "p=" in output or "kid" in output
+    best = json.loads((out / "generator_best.json").read_text())
+    assert best["step"] == min(q, key=lambda r: r["kid"])["step"] and "kid" in best["best_rule"]
+    load_generator(str(out / "generator_best.json"))
     g, ref = load_generator(str(out))
     assert ref["kind"] == "mtt-fast" and ref["num_classes"] == 10
     check_generator(g, str(out))
@@ -158,3 +163,38 @@ def test_classifier_from_an_expert_store(tmp_path, cache):
     r = run("gan", "train", *bad, "--cache-dir", cache, "--steps", "4", "--classifier-store", store,
             "--out", tmp_path / "gan8", ok=False)
     assert r.exit_code == 2 and "--classifier-store" in r.output and "16 px" in r.output
+
+
+def test_gan_sample_with_and_without_truncation(finished, tmp_path):
+    out, _ = finished
+    r = run("gan", "sample", "--generator", out, "--per-class", "3", "--truncation", "0.5", "--out", tmp_path / "t.png")
+    assert "wrote" in r.output and (tmp_path / "t.png").is_file()
+    run("gan", "sample", "--generator", out / "generator_best.json", "--out", tmp_path / "b.png")
+    assert (tmp_path / "b.png").is_file()
+    r = run("gan", "sample", "--generator", out, "--truncation", "1.5", "--out", tmp_path / "x.png", ok=False)
+    assert r.exit_code == 2 and "--truncation" in r.output
+    # a generator without an average style (from elsewhere) samples, but refuses truncation
+    r = run("gan", "sample", "--generator", "tests.generative.factory_gen:make", "--truncation", "0.7",
+            "--out", tmp_path / "f.png", ok=False)
+    assert r.exit_code == 2 and "no average style" in r.output
+
+
+def test_a_run_directory_from_before_ada_resumes_with_the_old_recipe(finished, cache, tmp_path):
+    """config.yaml written before --augment existed: the old recipe (diffaug) is accepted, ADA refused."""
+    import shutil
+
+    import yaml
+
+    src, _ = finished
+    out = tmp_path / "old"
+    shutil.copytree(src, out)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    for k in ("augment", "ada_target", "ada_interval", "ada_kimg", "quality_truncation"):
+        cfg.pop(k)
+    cfg["mixing_prob"] = 0.0
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = run("gan", "train", *TINY, "--cache-dir", cache, "--steps", "20", "--out", out, ok=False)
+    assert r.exit_code == 2 and "augment" in r.output
+    r = run("gan", "train", *TINY, "--cache-dir", cache, "--steps", "20", "--augment", "diffaug", "--style-mixing", "0",
+            "--out", out)
+    assert "nothing to do" in r.output

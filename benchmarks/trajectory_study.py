@@ -1,0 +1,309 @@
+"""Issue 18's study: plain MTT against the 2023-2025 trajectory-matching ideas, with honest controls.
+
+    python benchmarks/trajectory_study.py --out /tmp/traj_study --jobs 2          # the study
+    python benchmarks/trajectory_study.py --out /tmp/traj_quick --quick --jobs 2  # a tiny smoke run
+    python benchmarks/trajectory_study.py --out /tmp/traj_study --report-only     # table only
+
+Fashion-MNIST at 28 px (so VGG11's five max-pools fit), ConvNet-D3 experts, ipc 1 and 10. Rows:
+random, herding and k-center real images, each with hard labels and with the experts' soft labels
+(``--soft-labels``, not optimized: the controls); MTT; MTT plus each idea alone (DATM's learned soft
+labels, DATM's widening start-epoch range, DATM's loss skipping, FTD's EMA images, PAD's deep-layer
+matching); MTT plus all of them. FTD's sharpness-aware experts need ``buffer --sam-rho``: with
+``--sam-rho R`` the study also trains such a store and adds "MTT + SAM experts" (the "all" row then
+uses it too); without it they are left out. Columns: test accuracy (mean ± std over ``--repeats``
+networks trained from scratch) on ConvNet (the backbone), AlexNet, VGG11, ResNet18, and the mean
+of the three unseen ones. Every distillation run selects its synset on the VALIDATION split only
+(and, with EMA, chooses raw or EMA there); nothing is tuned on the test split.
+
+Budget (``SETTINGS["full"]``, chosen for a 2-core CPU in about a day; see ``--estimate``): 8
+experts x 12 epochs of ConvNet-D3 width 32 on all 60,000 training images (enough experts that one
+is not matched over and over, enough epochs for a start range of 8); 600 distillation iterations
+of N 20, M 2, T+ 8, in-loop validation every 100 iterations (150 epochs, 1 network); the final
+evaluation trains 3 networks per architecture for 300 epochs. Each idea takes the published setting
+scaled to this run: the schedule ``T+/2 : T+ : iterations/5`` (DATM: 10:20:1000 of 10000), skip
+above 1.1 at ipc 1 / 1.0 at ipc 10, EMA decay 0.99 (FTD's 0.9995 averages over 2000 of 10000
+iterations, a fifth of the run: 0.99 averages over 100 of 600), ``lr_y`` 5 at ipc 1 / 2 at ipc 10,
+``match_layers deep:0.5`` (PAD at ipc >= 10; at ipc 1 PAD keeps every layer, we show deep:0.5 there
+too so the row is an idea alone; "MTT + all" follows PAD's rule: all layers at ipc 1).
+
+Every cell (the store, each distillation run, each architecture's evaluation) is its own resumable
+run directory under ``--out/cells``, run as a subprocess (``python -m mtt_fast.cli.main``) on one
+thread; ``--jobs K`` runs K cells at once. A killed study resumes: finished cells are skipped,
+unfinished ones resume. ``--report-only`` writes ``benchmarks/results/trajectory_study.{json,md}``
+(``--quick`` writes ``trajectory_study_quick.*``) from the finished cells, ``-`` for missing ones.
+
+Soft labels at evaluation: the synsets store them; whether ``mtt-fast eval`` trains with them
+(soft cross-entropy) depends on the build (``eval --hard-labels`` exists where it does); the report
+records which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import source_commit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ARCHS = ["convnet", "alexnet", "vgg11", "resnet18"]
+
+SETTINGS: dict[str, dict] = {
+    "full": {
+        "res": 28,
+        "experts": {"arch": "convnet", "width": 32, "depth": 3, "num_experts": 8, "epochs": 12, "lr": 0.03,
+                    "batch_size": 256},
+        "distill": {
+            1: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 8, "iterations": 600, "lr_img": 1000.0,
+                "lr_lr": 1e-5},
+            10: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 8, "iterations": 600, "lr_img": 100.0,
+                 "lr_lr": 1e-5},
+        },
+        "distill_eval": {"eval_it": 100, "eval_epochs": 150, "eval_repeats": 1, "checkpoint_it": 10},
+        "ideas": {"lr_y": {1: 5.0, 10: 2.0}, "skip": {1: 1.1, 10: 1.0}, "ema": 0.99, "layers": "deep:0.5"},
+        "eval": {"epochs": 300, "repeats": 3},
+    },
+    "quick": {
+        "res": 28,
+        "experts": {"arch": "convnet", "width": 8, "depth": 3, "num_experts": 2, "epochs": 3, "lr": 0.03,
+                    "batch_size": 64, "max_train_per_class": 30},
+        "distill": {
+            1: {"syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 2, "iterations": 4, "lr_img": 100.0,
+                "lr_lr": 1e-5},
+            10: {"syn_steps": 2, "expert_epochs": 1, "max_start_epoch": 2, "iterations": 4, "lr_img": 100.0,
+                 "lr_lr": 1e-5},
+        },
+        "distill_eval": {"eval_it": 2, "eval_epochs": 2, "eval_repeats": 1, "checkpoint_it": 2},
+        "ideas": {"lr_y": {1: 5.0, 10: 2.0}, "skip": {1: 1.1, 10: 1.0}, "ema": 0.5, "layers": "deep:0.5"},
+        "eval": {"epochs": 2, "repeats": 1},
+    },
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def rows(s: dict, sam: bool) -> list[tuple[str, str, callable]]:
+    """``(key, label, args(ipc) -> distill options)`` of every row, in table order."""
+    ideas = s["ideas"]
+
+    def mtt(ipc: int) -> list[str]:
+        return ["--method", "mtt", *[x for k, v in {**s["distill"][ipc], **s["distill_eval"]}.items()
+                                     for x in (_flag(k), str(v))]]
+
+    def schedule(ipc: int) -> list[str]:
+        d = s["distill"][ipc]
+        t = d["max_start_epoch"]
+        return ["--start-epoch-schedule", f"{max(1, t // 2)}:{t}:{max(1, d['iterations'] // 5)}"]
+
+    soft = lambda ipc: ["--soft-labels", "--lr-y", str(ideas["lr_y"][ipc])]
+    skip = lambda ipc: ["--skip-loss-above", str(ideas["skip"][ipc])]
+    ema = lambda ipc: ["--ema-images", str(ideas["ema"])]
+    layers = lambda ipc: ["--match-layers", ideas["layers"]]
+    pad_rule = lambda ipc: ["--match-layers", "all" if ipc == 1 else ideas["layers"]]
+    out = []
+    for m, label in (("random", "random real"), ("herding", "herding"), ("kcenter", "k-center")):
+        out.append((m, f"{label}", lambda ipc, m=m: ["--method", m]))
+        out.append((f"{m}_soft", f"{label} + soft labels", lambda ipc, m=m: ["--method", m, "--soft-labels"]))
+    out += [
+        ("mtt", "MTT", mtt),
+        ("mtt_soft", "MTT + learned soft labels (DATM)", lambda ipc: mtt(ipc) + soft(ipc)),
+        ("mtt_schedule", "MTT + widening start range (DATM)", lambda ipc: mtt(ipc) + schedule(ipc)),
+        ("mtt_skip", "MTT + loss skipping (DATM)", lambda ipc: mtt(ipc) + skip(ipc)),
+        ("mtt_ema", "MTT + EMA images (FTD)", lambda ipc: mtt(ipc) + ema(ipc)),
+        ("mtt_layers", "MTT + deep-layer matching (PAD)", lambda ipc: mtt(ipc) + layers(ipc)),
+    ]
+    if sam:
+        out.append(("mtt_sam", "MTT + SAM experts (FTD)", mtt))
+    out.append(("mtt_all", "MTT + all", lambda ipc: mtt(ipc) + soft(ipc) + schedule(ipc) + skip(ipc) + ema(ipc)
+                + pad_rule(ipc)))
+    return out
+
+
+class Cell:
+    """One resumable run directory and the command that fills it."""
+
+    def __init__(self, name: str, run: Path, args: list[str], logs: Path):
+        self.name, self.run, self.args, self.log = name, run, args, logs / f"{name}.log"
+
+    @property
+    def done(self) -> bool:
+        return (self.run / "COMPLETE").is_file()
+
+    def execute(self, threads: int, device: str) -> tuple[str, float | None, int]:
+        """Run the cell (unless finished); returns its name, wall seconds (None: skipped) and exit code."""
+        if self.done:
+            return self.name, None, 0
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with open(self.log, "a") as f:
+            f.write(f"$ {' '.join(self.args)}\n")
+            f.flush()
+            rc = subprocess.run([sys.executable, "-m", "mtt_fast.cli.main", *self.args, "--device", device,
+                                 "--no-progress"], stdout=f, stderr=subprocess.STDOUT, env=env, check=False).returncode
+        wall = time.perf_counter() - t0
+        if rc == 0 and self.done:
+            (self.run.parent / f"{self.run.name}.wall.json").write_text(json.dumps({"seconds": wall}))
+        return self.name, wall, rc
+
+
+def _eval_soft_supported() -> bool:
+    """Whether this build's ``mtt-fast eval`` trains with a synset's soft labels (it has --hard-labels)."""
+    out = subprocess.run([sys.executable, "-m", "mtt_fast.cli.main", "eval", "--help"], capture_output=True,
+                         text=True, check=False).stdout
+    return "--hard-labels" in out
+
+
+def _run_all(cells: list[Cell], jobs: int, threads: int, device: str) -> list[str]:
+    """Run cells ``jobs`` at a time; returns the names of the ones that failed."""
+    failed = []
+    todo = [c for c in cells if not c.done]
+    print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; running {len(todo)} with {jobs} jobs",
+          flush=True)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for name, wall, rc in pool.map(lambda c: c.execute(threads, device), todo):
+            status = "ok" if rc == 0 else f"FAILED (exit {rc}, see its log)"
+            print(f"  {name}: {status}" + (f", {wall:.0f} s" if wall is not None else ""), flush=True)
+            if rc != 0:
+                failed.append(name)
+    return failed
+
+
+def _wall(run: Path) -> float | None:
+    p = run.parent / f"{run.name}.wall.json"
+    return json.loads(p.read_text())["seconds"] if p.is_file() else None
+
+
+def _fmt(mean: float | None, std: float | None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def report(out: Path, s: dict, table_rows, ipcs: list[int], archs: list[str], quick: bool, meta: dict) -> None:
+    """Write ``benchmarks/results/trajectory_study[_quick].{json,md}`` from the finished cells."""
+    cells = out / "cells"
+    entries, lines = [], []
+    unseen = [a for a in archs if a != "convnet"]
+    for ipc in ipcs:
+        lines += [f"\n### ipc {ipc}\n", "| method | " + " | ".join(archs) + " | unseen mean | selected | distill s |",
+                  "|---" * (len(archs) + 4) + "|"]
+        for key, label, _ in table_rows:
+            run = cells / f"{key}_ipc{ipc}"
+            res: dict = {}
+            for arch in archs:
+                p = cells / f"{key}_ipc{ipc}_eval_{arch}" / "results.json"
+                if p.is_file() and (p.parent / "COMPLETE").is_file():
+                    r = json.loads(p.read_text())["results"][arch]
+                    res[arch] = {"mean": r["mean"]["accuracy"], "std": r["std"]["accuracy"]}
+            um = [res[a]["mean"] for a in unseen if a in res]
+            unseen_mean = sum(um) / len(um) if um and len(um) == len(unseen) else None
+            summ = run / "summary.json"
+            summary = json.loads(summ.read_text()) if summ.is_file() else {}
+            entries.append({"row": key, "label": label, "ipc": ipc, "run": str(run), "results": res,
+                            "unseen_mean": unseen_mean, "summary": summary, "distill_seconds": _wall(run),
+                            "eval_seconds": {a: _wall(cells / f"{key}_ipc{ipc}_eval_{a}") for a in archs}})
+            sel = summary.get("selected", "")
+            wall = _wall(run)
+            lines.append(f"| {label} | " + " | ".join(_fmt(res.get(a, {}).get("mean"), res.get(a, {}).get("std"))
+                                                   for a in archs)
+                         + f" | {'-' if unseen_mean is None else f'{unseen_mean:.1f}'} | {sel} | "
+                         + ("-" if wall is None else f"{wall:.0f}") + " |")
+    name = "trajectory_study_quick" if quick else "trajectory_study"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, "settings": _jsonable(s), "rows": entries}, indent=2) + "\n")
+    head = (f"# Trajectory-matching ideas on Fashion-MNIST (issue 18){' — QUICK smoke setting, not a result' if quick else ''}\n\n"
+            f"`{meta['command']}` at commit {meta['commit']}. Test accuracy (%) of networks trained from scratch on "
+            f"each synset, mean ± std over {s['eval']['repeats']} networks per architecture ({s['eval']['epochs']} "
+            f"epochs); ConvNet is the distillation backbone, the others are unseen. Every synset was selected on "
+            f"the validation split. Soft labels used at evaluation: "
+            f"{'yes (soft cross-entropy)' if meta['eval_soft_labels'] else 'NO (this build evaluates every synset with its hard labels)'}. "
+            f"`selected`: raw or EMA set (EMA rows). `-`: that cell has not finished. Settings: "
+            f"`benchmarks/trajectory_study.py` and the JSON beside this file.\n")
+    (RESULTS / f"{name}.md").write_text(head + "\n".join(lines) + "\n")
+    print(head + "\n".join(lines))
+
+
+def _jsonable(s: dict) -> dict:
+    return json.loads(json.dumps(s, default=str))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="trajectory-study")
+    ap.add_argument("--quick", action="store_true", help="A tiny setting that only proves the pipeline runs.")
+    ap.add_argument("--jobs", type=int, default=2, help="Cells run at once (each on --threads threads).")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ipcs", default="1,10")
+    ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--rows", default=None, help="Only these row keys (comma-separated), e.g. mtt,mtt_all.")
+    ap.add_argument("--sam-rho", type=float, default=None,
+                    help="Also train SAM experts (buffer --sam-rho) for the FTD rows, where this build has it.")
+    ap.add_argument("--data-root", default=None, help="Fashion-MNIST directory (default: Debian's).")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report-only", action="store_true", help="Write the report from the finished cells; run nothing.")
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    s = SETTINGS["quick" if args.quick else "full"]
+    out = Path(args.out).resolve()
+    cells_dir, logs = out / "cells", out / "logs"
+    ipcs = [int(i) for i in args.ipcs.split(",") if i]
+    archs = [a for a in args.archs.split(",") if a]
+    table_rows = rows(s, sam=args.sam_rho is not None)
+    if args.rows:
+        keep = set(args.rows.split(","))
+        table_rows = [r for r in table_rows if r[0] in keep]
+
+    e = s["experts"]
+    data = ["--dataset", "fashion-mnist", "--res", str(s["res"])] + (["--data-root", args.data_root] if args.data_root else [])
+    buf_args = ["buffer", *data, *[x for k, v in e.items() for x in (_flag(k), str(v))], "--seed", str(args.seed)]
+    stores = {"plain": Cell("buffer", cells_dir / "buffer", [*buf_args, "--out", str(cells_dir / "buffer")], logs)}
+    if args.sam_rho is not None:
+        stores["sam"] = Cell("buffer_sam", cells_dir / "buffer_sam",
+                             [*buf_args, "--sam-rho", str(args.sam_rho), "--out", str(cells_dir / "buffer_sam")], logs)
+
+    distills, evals = [], []
+    for ipc in ipcs:
+        for key, _, opts in table_rows:
+            store = stores["sam"] if key in ("mtt_sam", "mtt_all") and "sam" in stores else stores["plain"]
+            run = cells_dir / f"{key}_ipc{ipc}"
+            distills.append(Cell(f"{key}_ipc{ipc}", run, ["distill", "--buffer", str(store.run), "--ipc", str(ipc),
+                                                          "--seed", str(args.seed), *opts(ipc), "--out", str(run)], logs))
+            for arch in archs:
+                ev = cells_dir / f"{key}_ipc{ipc}_eval_{arch}"
+                evals.append(Cell(ev.name, ev, ["eval", "--synset", str(run), "--archs", arch, "--repeats",
+                                                str(s["eval"]["repeats"]), "--epochs", str(s["eval"]["epochs"]),
+                                                "--seed", str(args.seed), "--out", str(ev)], logs))
+    failed: list[str] = []
+    if not args.report_only:
+        # the stores first (every core: nothing else runs yet), then the distillations, then the evaluations
+        failed += _run_all(list(stores.values()), 1, max(1, args.jobs * args.threads), args.device)
+        if not failed:
+            failed += _run_all(distills, args.jobs, args.threads, args.device)
+            ready = [c for c in evals if (Path(c.args[c.args.index("--synset") + 1]) / "COMPLETE").is_file()]
+            failed += _run_all(ready, args.jobs, args.threads, args.device)
+    meta = {"commit": source_commit(), "command": " ".join(["python", *sys.argv]), "quick": args.quick,
+            "jobs": args.jobs, "threads_per_cell": args.threads, "device": args.device,
+            "eval_soft_labels": _eval_soft_supported(), "archs": archs, "ipcs": ipcs,
+            "cells": {"stores": len(stores), "distill": len(distills), "eval": len(evals)},
+            "cell_seconds_total": sum(w for c in [*stores.values(), *distills, *evals]
+                                      if (w := _wall(c.run)) is not None),
+            "wall_seconds_this_invocation": time.perf_counter() - t_start}
+    report(out, s, table_rows, ipcs, archs, args.quick, meta)
+    if failed:
+        print(f"{len(failed)} cells failed: {', '.join(failed)} (rerun to resume; logs in {logs})", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
