@@ -40,6 +40,7 @@ from mtt_fast.errors import UserError
 _ERROR_KEY = "mtt_fast/error"
 _ACK_KEY = "mtt_fast/error_ack"
 _state = {"solo": 0, "watcher": None, "reported": False}
+_stop_watching = threading.Event()
 
 
 def env_world_size() -> int:
@@ -108,15 +109,25 @@ def init(backend: str | None = None, device_type: str | None = None) -> bool:
         if not torch.cuda.is_available():
             raise UserError("--dist-backend nccl needs CUDA GPUs; use gloo on CPUs")
         torch.cuda.set_device(local_rank() % torch.cuda.device_count())
-    minutes = float(os.environ.get("MTT_FAST_DIST_TIMEOUT_MIN", "60"))
-    dist.init_process_group(backend, timeout=timedelta(minutes=minutes))
+    timeout = timedelta(minutes=float(os.environ.get("MTT_FAST_DIST_TIMEOUT_MIN", "60")))
+    # torchrun's store outlives a restart of the group (--max-restarts): the ranks of a new
+    # attempt must not read the addresses the dead attempt left there, so each attempt keys
+    # its group (and our error flag) under a prefix of its own
+    store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(f"mtt_fast/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    dist.init_process_group(backend, store=store, rank=rank_, world_size=world, timeout=timeout)
     _start_watcher()
     atexit.register(shutdown)
     return True
 
 
 def shutdown() -> None:
-    """Leave the process group (idempotent; registered at exit)."""
+    """Leave the process group (idempotent; registered at exit). The watcher stops first: it must
+    not ask a store that is being destroyed."""
+    _stop_watching.set()
+    watcher = _state["watcher"]
+    if watcher is not None and watcher is not threading.current_thread():
+        watcher.join(timeout=2.0)
     if initialized():
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
@@ -258,8 +269,7 @@ def _start_watcher() -> None:
     """A daemon thread that ends this rank when another rank has published a user error."""
     def watch() -> None:
         store = _store()
-        while True:
-            time.sleep(0.2)
+        while not _stop_watching.wait(0.2):
             try:
                 if not store.check([_ERROR_KEY]):
                     continue

@@ -139,8 +139,7 @@ class RunDir:
             self._previous = None
 
     def complete(self) -> None:
-        """Mark the run finished (``COMPLETE``); under torchrun once every rank got here."""
-        distributed.barrier()
+        """Mark the run finished (``COMPLETE``)."""
         if self._fd < 0:
             return  # a bystander rank (torchrun): rank 0 writes
         self.checkpointed()
