@@ -15,14 +15,15 @@ networks trained from scratch) on ConvNet (the backbone), AlexNet, VGG11, ResNet
 of the three unseen ones. Every distillation run selects its synset on the VALIDATION split only
 (and, with EMA, chooses raw or EMA there); nothing is tuned on the test split.
 
-Budget (``SETTINGS["full"]``, chosen for a 2-core CPU in about a day; see ``--estimate``): 8
-experts x 12 epochs of ConvNet-D3 width 32 on all 60,000 training images (enough experts that one
-is not matched over and over, enough epochs for a start range of 8); 600 distillation iterations
-of N 20, M 2, T+ 8, in-loop validation every 100 iterations (150 epochs, 1 network); the final
-evaluation trains 3 networks per architecture for 300 epochs. Each idea takes the published setting
+Budget (``SETTINGS["full"]``; ``--estimate`` prints the CPU time it needs): 8 experts x 10 epochs
+of ConvNet-D3 width 32 on all 60,000 training images (enough experts that one is not matched over
+and over, enough epochs for start epochs up to 8 with M 2); distillation: ipc 1 N 20 for 400
+iterations, ipc 10 N 10 for 300 (the demo's N at 28 px), M 2, T+ 8, in-loop validation every 100
+iterations (150 epochs, 1 network); the final evaluation trains 3 networks per architecture for 300
+epochs (``--repeats`` / ``--eval-epochs`` change that). Each idea takes the published setting
 scaled to this run: the schedule ``T+/2 : T+ : iterations/5`` (DATM: 10:20:1000 of 10000), skip
 above 1.1 at ipc 1 / 1.0 at ipc 10, EMA decay 0.99 (FTD's 0.9995 averages over 2000 of 10000
-iterations, a fifth of the run: 0.99 averages over 100 of 600), ``lr_y`` 5 at ipc 1 / 2 at ipc 10,
+iterations, a fifth of the run: 0.99 averages over 100 of 300-400), ``lr_y`` 5 at ipc 1 / 2 at ipc 10,
 ``match_layers deep:0.5`` (PAD at ipc >= 10; at ipc 1 PAD keeps every layer, we show deep:0.5 there
 too so the row is an idea alone; "MTT + all" follows PAD's rule: all layers at ipc 1).
 
@@ -58,12 +59,12 @@ ARCHS = ["convnet", "alexnet", "vgg11", "resnet18"]
 SETTINGS: dict[str, dict] = {
     "full": {
         "res": 28,
-        "experts": {"arch": "convnet", "width": 32, "depth": 3, "num_experts": 8, "epochs": 12, "lr": 0.03,
+        "experts": {"arch": "convnet", "width": 32, "depth": 3, "num_experts": 8, "epochs": 10, "lr": 0.03,
                     "batch_size": 256},
         "distill": {
-            1: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 8, "iterations": 600, "lr_img": 1000.0,
+            1: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 8, "iterations": 400, "lr_img": 1000.0,
                 "lr_lr": 1e-5},
-            10: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 8, "iterations": 600, "lr_img": 100.0,
+            10: {"syn_steps": 10, "expert_epochs": 2, "max_start_epoch": 8, "iterations": 300, "lr_img": 100.0,
                  "lr_lr": 1e-5},
         },
         "distill_eval": {"eval_it": 100, "eval_epochs": 150, "eval_repeats": 1, "checkpoint_it": 10},
@@ -233,6 +234,45 @@ def report(out: Path, s: dict, table_rows, ipcs: list[int], archs: list[str], qu
     print(head + "\n".join(lines))
 
 
+#: seconds per unit on ONE thread of this project's 2-core CPU while other jobs loaded it (load
+#: average 7-9; measured 2026-12-02 with /tmp timing of plain torch steps at 28 px, no DSA): an
+#: expert SGD step on 256 images; an adjoint MTT iteration per synthetic image per student step
+#: (ipc 1 N 20: 4.9 s; ipc 10 N 20: 32 s); one eval SGD step on n images (10 -> 100 images).
+UNIT_SECONDS = {"expert_step_256": 1.44, "mtt_image_step": 0.016,
+                "eval_step": {"convnet": (0.1, 1.0), "alexnet": (1.0, 8.6), "vgg11": (0.74, 13.4),
+                              "resnet18": (3.4, 20.9)},
+                "coreset_cell": 200.0}
+
+
+def estimate(s: dict, table_rows, ipcs: list[int], archs: list[str]) -> str:
+    """A rough CPU-seconds estimate of the whole setting from ``UNIT_SECONDS`` (see its note)."""
+    u, e = UNIT_SECONDS, s["experts"]
+    steps_per_epoch = math.ceil(60000 / e["batch_size"]) * e["batch_size"] / 256
+    parts = {"experts": e["num_experts"] * e["epochs"] * steps_per_epoch * u["expert_step_256"]}
+    distill = evals = 0.0
+    de = s["distill_eval"]
+    for ipc in ipcs:
+        d = s["distill"][ipc]
+        n = 10 * ipc
+        in_loop = (d["iterations"] // de["eval_it"] + 1) * de["eval_epochs"] * u["eval_step"]["convnet"][0 if ipc == 1 else 1]
+        for key, _, _ in table_rows:
+            if key.startswith("mtt"):
+                distill += d["iterations"] * d["syn_steps"] * (n + 10) * u["mtt_image_step"] + in_loop * (2 if "ema" in key or key == "mtt_all" else 1)
+            else:
+                distill += u["coreset_cell"] if key.split("_")[0] != "random" else 60.0
+            steps = s["eval"]["epochs"] * s["eval"]["repeats"] * math.ceil(n / 256)
+            evals += sum(steps * u["eval_step"][a][0 if ipc == 1 else 1] for a in archs)
+    parts.update({"distill": distill, "eval": evals})
+    total = sum(parts.values())
+    lines = [f"{k}: {v / 3600:.1f} CPU-hours" for k, v in parts.items()]
+    return ("\n".join(lines) + f"\ntotal: {total / 3600:.1f} CPU-hours on one loaded core of this machine "
+            f"(UNIT_SECONDS; an idle modern core is about 3x faster); wall ~ total / --jobs")
+
+
+def _int_keys(d: dict) -> dict:
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in d.items()}
+
+
 def _jsonable(s: dict) -> dict:
     return json.loads(json.dumps(s, default=str))
 
@@ -252,9 +292,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report-only", action="store_true", help="Write the report from the finished cells; run nothing.")
+    ap.add_argument("--repeats", type=int, default=None, help="Networks per architecture in the final evaluation.")
+    ap.add_argument("--eval-epochs", type=int, default=None, help="Epochs of each final evaluation network.")
+    ap.add_argument("--estimate", action="store_true", help="Print the CPU time the setting needs; run nothing.")
     args = ap.parse_args()
     t_start = time.perf_counter()
-    s = SETTINGS["quick" if args.quick else "full"]
+    s = json.loads(json.dumps(SETTINGS["quick" if args.quick else "full"]), object_hook=_int_keys)
+    if args.repeats is not None:
+        s["eval"]["repeats"] = args.repeats
+    if args.eval_epochs is not None:
+        s["eval"]["epochs"] = args.eval_epochs
     out = Path(args.out).resolve()
     cells_dir, logs = out / "cells", out / "logs"
     ipcs = [int(i) for i in args.ipcs.split(",") if i]
@@ -284,6 +331,9 @@ def main() -> None:
                 evals.append(Cell(ev.name, ev, ["eval", "--synset", str(run), "--archs", arch, "--repeats",
                                                 str(s["eval"]["repeats"]), "--epochs", str(s["eval"]["epochs"]),
                                                 "--seed", str(args.seed), "--out", str(ev)], logs))
+    if args.estimate:
+        print(estimate(s, table_rows, ipcs, archs))
+        return
     failed: list[str] = []
     if not args.report_only:
         # the stores first (every core: nothing else runs yet), then the distillations, then the evaluations

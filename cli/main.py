@@ -156,21 +156,24 @@ def data_stats(dataset, data_root, res, normalization, data_option, cache_dir, s
 @click.option("--gsam-alpha", type=float, default=_E.gsam_alpha, show_default=True,
               help="GSAM's surrogate-gap term with --sam-rho: subtract alpha times the part of the gradient at w "
                    "orthogonal to the SAM gradient. 0: plain SAM. FTD uses 0.3.")
+@click.option("--sam-adaptive", is_flag=True, default=_E.sam_adaptive,
+              help="With --sam-rho: ASAM's per-weight ascent rho w^2 g/||w g|| (FTD's script's default).")
 @dsa_options
 @click.option("--out", required=True, help="Store directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store in --out.")
 @common_options
 @user_errors
 def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch, width, depth, num_experts, epochs, lr,
-           momentum, weight_decay, batch_size, max_train_per_class, jitter, sam_rho, gsam_alpha, dsa_strategy, dsa_mode,
-           dsa_impl, out, overwrite, seed, device, progress):
+           momentum, weight_decay, batch_size, max_train_per_class, jitter, sam_rho, gsam_alpha, sam_adaptive,
+           dsa_strategy, dsa_mode, dsa_impl, out, overwrite, seed, device, progress):
     """Train expert networks on the real data and store their trajectories."""
     from mtt_fast.stages import BufferStage, run_buffer
 
     cfg = ExpertConfig(arch=arch, width=width, depth=depth, num_experts=num_experts, epochs=epochs, lr=lr,
                        momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
                        dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl,
-                       max_train_per_class=max_train_per_class, seed=seed, sam_rho=sam_rho, gsam_alpha=gsam_alpha)
+                       max_train_per_class=max_train_per_class, seed=seed, sam_rho=sam_rho, gsam_alpha=gsam_alpha,
+                       sam_adaptive=sam_adaptive)
     stage = BufferStage(data_options_of(dataset, data_root, res, normalization, data_option, cache_dir), cfg, jitter)
     run_buffer(stage, out_path(out), overwrite=overwrite, device=device, progress=progress, log=echo)
 

@@ -106,11 +106,11 @@ class Distiller:
         self.dsa = DSAConfig.from_dict(cfg.dsa)
         cls = method_class(cfg.method)
         cls.validate(cfg)
+        self._expert = None
         self.method = cls(self)
         self.metric = headline_metric(bundle.num_classes)
         self.val = bundle.split("val")
         self.test = bundle.split("test")
-        self._expert = None
         self.eval_cfg = EvalConfig(epochs=cfg.evaluation.eval_epochs, dsa=cfg.dsa, dsa_impl=cfg.dsa_impl,
                                    width=store.meta["width"], depth=store.meta["depth"])
 
@@ -233,7 +233,7 @@ class Distiller:
             **self.param.meta(),
         }
         if cfg.soft_labels:
-            meta["soft_labels"] = {"expert": self.expert_network().what, "learned": self.method.optimizes}
+            meta["soft_label_source"] = {"expert": self.expert_network().what, "learned": self.method.optimizes}
         if self.ema_images is not None:
             meta["ema"] = ema
         syn_lr = float(self.syn_lr.item()) if self.method.optimizes else None

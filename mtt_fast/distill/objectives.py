@@ -98,6 +98,9 @@ class TrajectoryMatching:
         self.store, self.cfg, self.device, self.dsa = store, cfg, device, dsa
         self.student = build_student(store, cfg, device)
         self.loss_mask = layer_mask(self.student.layout, t.match_layers, device)
+        if cfg.soft_labels and not _takes(self.engine, "loss_mask"):  # the engines of issue 18's contract take both
+            raise UserError(f"--soft-labels: the matching engine {t.engine} cannot differentiate w.r.t. soft labels "
+                            f"in this build (it predates issue 18's engine contract)")
         if self.loss_mask is not None and not _takes(self.engine, "loss_mask"):
             raise UserError(f"--match-layers {t.match_layers}: the matching engine {t.engine} cannot restrict the "
                             f"loss to some layers in this build (only --match-layers all)")

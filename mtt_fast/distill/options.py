@@ -51,20 +51,17 @@ class StartSchedule:
         return f"{self.lo}:{self.hi}:{self.iters}"
 
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
 def parse_bytes(text: str | int | None) -> int | None:
-    """``"8GiB"`` / ``"512MiB"`` / ``"1.5GB"`` / ``"1000000"`` -> bytes; None stays None."""
-    if text is None or isinstance(text, int):
-        if isinstance(text, int) and text < 1:
-            raise UserError(f"--memory-budget must be at least 1 byte (got {text})")
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise UserError(f"--memory-budget {text}: expected a size such as 8GiB, 512MiB, 2GB or a number of bytes")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """``"8GiB"`` / ``"512MiB"`` / ``"1.5GB"`` / ``"1000000"`` -> bytes (``match.parse_memory_size``);
+    None stays None; anything else, or less than 1 byte, is a :class:`UserError` naming the option."""
+    if text is None:
+        return None
+    from mtt_fast.match import parse_memory_size
+
+    try:
+        value = parse_memory_size(text)
+    except ValueError:
+        raise UserError(f"--memory-budget {text}: expected a size such as 8GiB, 512MiB, 2GB or a number of bytes") from None
     if value < 1:
         raise UserError(f"--memory-budget {text}: must be at least 1 byte")
     return value

@@ -3,7 +3,7 @@
 As the MTT reference's ``buffer.py``: SGD (lr 0.01, no momentum, no weight decay), batch 256,
 DSA on every batch, a snapshot of all parameters at initialization and after every epoch.
 ``sam_rho > 0`` trains sharpness-aware experts as FTD does (Du et al. 2023: flatter expert
-trajectories; FTD uses GSAM with rho 0.01 and alpha 0.3): see :mod:`mtt_fast.fit`.
+trajectories; FTD's script uses adaptive GSAM with rho 0.01 and alpha 0.3): see :mod:`mtt_fast.fit`.
 Snapshots are copies (``FlatParams.flatten`` concatenates into a new tensor), never views of
 the live parameters the optimizer updates in place.
 """
@@ -50,6 +50,8 @@ class ExpertConfig:
     sam_rho: float = 0.0
     #: GSAM's surrogate-gap weight (0: plain SAM); needs ``sam_rho > 0``.
     gsam_alpha: float = 0.0
+    #: ASAM's per-weight ascent rho * w^2 g / ||w g|| (FTD's buffer script's default); needs ``sam_rho > 0``.
+    sam_adaptive: bool = False
 
 
 def limit_per_class(split, n: int | None, generator: torch.Generator):
@@ -171,5 +173,6 @@ def _train_expert(k: int, seed: int, bundle, train, cfg: ExpertConfig, dsa: DSAC
         opt, epochs=cfg.epochs, dsa=dsa, dsa_impl=cfg.dsa_impl, generator=gen,
         on_epoch=lambda epoch, loss: snaps.append(layout.flatten(net).cpu()),
         diverged=lambda loss: f"expert {k} training loss became {loss} (lower --lr, now {cfg.lr})",
-        progress=progress, desc=f"expert {k + 1}/{cfg.num_experts}", sam_rho=cfg.sam_rho, gsam_alpha=cfg.gsam_alpha)
+        progress=progress, desc=f"expert {k + 1}/{cfg.num_experts}", sam_rho=cfg.sam_rho, gsam_alpha=cfg.gsam_alpha,
+        sam_adaptive=cfg.sam_adaptive)
     return net, snaps, losses

@@ -52,6 +52,8 @@ def run_buffer(stage: BufferStage, out: str | Path, *, overwrite: bool = False, 
         raise UserError(f"--gsam-alpha must be a finite number at least 0 (got {cfg.gsam_alpha})")
     if cfg.gsam_alpha > 0 and cfg.sam_rho == 0:
         raise UserError(f"--gsam-alpha {cfg.gsam_alpha:g} needs --sam-rho above 0 (GSAM is a SAM step)")
+    if cfg.sam_adaptive and cfg.sam_rho == 0:
+        raise UserError("--sam-adaptive needs --sam-rho above 0 (it scales the SAM ascent)")
     bundle = load_bundle(stage.data, seed=cfg.seed, progress=progress)
     jitter = stage.data.dataset in ("pg", "crc") if stage.jitter is None else stage.jitter
     config = {"command": "buffer", "dataset": bundle.meta(), "jitter": jitter, **asdict(cfg)}

@@ -198,7 +198,7 @@ def test_glad_learns_soft_labels_like_mtt(store, generator_dir, tmp_path, monkey
     run(*base, "--lr-y", "5", "--out", out)
     run(*base, "--lr-y", "1e-12", "--lr-w", "1e-12", "--lr-lr", "1e-12", "--out", still)
     s, init = Synset.load(out / "synset_last"), Synset.load(still / "synset_last")
-    assert s.soft_labels.shape == (4, len(s.meta["classes"])) and s.meta["soft_labels"]["learned"] is True
+    assert s.soft_labels.shape == (4, len(s.meta["classes"])) and s.meta["soft_label_source"]["learned"] is True
     # the labels start at the labelling expert's logits on the generator's first images, then move
     expert = ExpertNetwork(TrajectoryStore.open(store))
     torch.testing.assert_close(init.soft_labels, expert.logits(init.images), rtol=1e-4, atol=1e-4)

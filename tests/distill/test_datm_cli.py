@@ -36,7 +36,7 @@ def test_soft_labels_are_initialised_from_the_expert_and_learned(store, tmp_path
     k = len(last.meta["classes"])
     assert last.soft_labels is not None and last.soft_labels.shape == (len(last.labels), k)
     assert last.meta["distill"]["soft_labels"] is True and last.meta["distill"]["lr_y"] == 5.0
-    assert last.meta["soft_labels"] == {"expert": "expert 0 at epoch 3", "learned": True}
+    assert last.meta["soft_label_source"] == {"expert": "expert 0 at epoch 3", "learned": True}
     ckpt = load_tensors(out / "checkpoint.safetensors")
     assert torch.equal(ckpt["soft_labels"], last.soft_labels) and "momentum_y" in ckpt
     # the same run with a vanishing lr_y keeps (about) the initial logits: lr_y 5 moved them
@@ -71,7 +71,7 @@ def test_real_image_baselines_with_and_without_soft_labels(store, tmp_path, meth
     assert torch.equal(h.images, s.images) and torch.equal(h.labels, s.labels)  # same choice, only labels differ
     expert = ExpertNetwork(TrajectoryStore.open(store))
     assert torch.allclose(s.soft_labels, expert.logits(s.images), atol=1e-5)
-    assert s.meta["soft_labels"]["learned"] is False
+    assert s.meta["soft_label_source"]["learned"] is False
     if method != "random":  # deterministic: the same images from another seed
         again = tmp_path / f"{method}-seed"
         run("distill", "--buffer", store, "--method", method, "--ipc", "2", "--seed", "9", "--no-progress", "--out", again)
@@ -217,3 +217,29 @@ def test_sweep_preset_datm_runs_its_ipc_point_scaled_to_the_store(store, tmp_pat
     assert d["soft_labels"] is True and d["syn_steps"] == 2 and d["lr_img"] == 10 and s.soft_labels is not None
     r = run("sweep", grid, "--preset", "nope", "--out", out, ok=False)
     assert r.exit_code == 2
+
+
+def test_soft_labels_need_an_engine_with_the_contract(store, tmp_path):
+    from tests.distill.contract_engine import has_contract
+
+    r = run("distill", "--buffer", store, *BASE, "--soft-labels", "--out", tmp_path / "s", ok=has_contract())
+    if not has_contract():
+        assert r.exit_code == 2 and "--soft-labels: the matching engine adjoint" in r.output
+        assert not (tmp_path / "s").exists()
+
+
+def test_engine_auto_takes_the_memory_budget_and_logs_its_split(store, tmp_path):
+    from mtt_fast.match import ENGINES
+
+    if "auto" not in ENGINES:
+        pytest.skip("this build has no --engine auto")
+    out = tmp_path / "auto"
+    run("distill", "--buffer", store, *BASE, "--engine", "auto", "--memory-budget", "1MiB", "--out", out)
+    assert json.loads((out / "synset" / "meta.json").read_text())["distill"]["memory_budget"] == 2**20
+    steps = [r for r in _lines(out) if "loss" in r]
+    assert all(r["engine_info"]["memory_budget"] == 2**20 and r["engine_info"]["steps"] == 2 for r in steps)
+    # the same run under adjoint gives the same losses (auto is exact too)
+    ref = tmp_path / "adjoint"
+    run("distill", "--buffer", store, *BASE, "--out", ref)
+    a = [r["loss"] for r in _lines(ref) if "loss" in r]
+    assert [r["loss"] for r in steps] == pytest.approx(a, rel=1e-4)
