@@ -47,13 +47,21 @@ _LR_LR_DEFAULTS = "; ".join(f"{n} {c.defaults['lr_lr']:g}" for n, c in METHODS.i
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(mtt_fast.__version__, prog_name="mtt-fast")
-def main() -> None:
+@click.option("--dist-backend", type=click.Choice(["nccl", "gloo"]), default=None,
+              help="Under torchrun: the torch.distributed backend (default nccl on CUDA, gloo on CPU).")
+def main(dist_backend: str | None) -> None:
     """mtt-fast: distill image datasets into a few synthetic images per class by Matching
     Training Trajectories (MTT), optionally through a deep generative prior (GLaD).
 
     The pipeline is buffer -> distill -> eval; each stage reads and writes directories.
+    Every command also runs under torchrun (`torchrun --nproc-per-node K -m mtt_fast ...`):
+    see README, "More than one GPU / machine".
     """
     warnings.showwarning = _one_line_warning
+    if dist_backend:
+        import os
+
+        os.environ["MTT_FAST_DIST_BACKEND"] = dist_backend
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -19,7 +19,8 @@ import torch
 from mtt_fast.augment import DSAConfig
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.metrics import compute_metrics, predict_proba
-from mtt_fast.experts.store import STORE_FORMAT, STORE_VERSION, write_shard
+from mtt_fast import distributed
+from mtt_fast.experts.store import STORE_FORMAT, STORE_VERSION, list_finished, shard_record, write_shard
 from mtt_fast.fit import fit_classifier
 from mtt_fast.io import read_json
 from mtt_fast.models import FlatParams, get_network, seeded_network
@@ -118,21 +119,43 @@ def train_experts(
             "runtime": runtime(device),
             "experts": [],
         }
-    done = len(meta["experts"])
-    if done:
-        log(f"resuming: {done} of {cfg.num_experts} experts already in {out}")
+    records = {k: e for k, e in enumerate(meta["experts"])}
+    for k in range(len(records), cfg.num_experts):  # shards a killed run finished but had not listed yet
+        entry = shard_record(out, k, cfg.epochs, layout.size)
+        if entry is not None:
+            records[k] = entry
+    if records:
+        log(f"resuming: {len(records)} of {cfg.num_experts} experts already in {out}")
         changed = differences(meta.get("runtime"), device)
         if changed:
             log(f"warning: the experts in {out} were trained with another runtime ({changed}); the new ones "
                 f"will not be bit-identical to an uninterrupted run's")
-    for k in range(done, cfg.num_experts):
-        seed = cfg.seed * 100003 + k
-        net, snaps, losses = _train_expert(k, seed, bundle, train, cfg, dsa, layout, device=device,
-                                           transform=transform, progress=progress)
-        m = compute_metrics(predict_proba(net, val, device), val.labels, bundle.num_classes)
-        record = {"seed": seed, "train_loss": losses, "val_accuracy": m["accuracy"], "val_auc": m["auc"]}
-        write_shard(out, k, torch.stack(snaps), meta, record)
-        log(f"expert {k + 1}/{cfg.num_experts}: val accuracy {m['accuracy']:.2f}%  (train loss {losses[-1]:.3f})")
+    todo = [k for k in range(cfg.num_experts) if k not in records]
+    world, me = distributed.world_size(), distributed.rank()
+    if world > 1:
+        log(f"training {len(todo)} experts on {world} ranks (expert k on rank k mod {world})")
+    # rounds: in round j rank r trains todo[j * world + r]; then rank 0 lists the round's experts
+    for j in range(0, len(todo), world):
+        mine = todo[j + me] if j + me < len(todo) else None
+        entry = None
+        if mine is not None:
+            k = mine
+            seed = cfg.seed * 100003 + k
+            net, snaps, losses = _train_expert(k, seed, bundle, train, cfg, dsa, layout, device=device,
+                                               transform=transform, progress=progress)
+            m = compute_metrics(predict_proba(net, val, device), val.labels, bundle.num_classes)
+            record = {"seed": seed, "train_loss": losses, "val_accuracy": m["accuracy"], "val_auc": m["auc"]}
+            entry = write_shard(out, k, torch.stack(snaps), record)
+        for k, e in distributed.all_gather_object((mine, entry)):
+            if k is not None:
+                records[k] = e
+        list_finished(out, meta, records, write=distributed.is_main())
+        for k in todo[j:j + world]:
+            e = records[k]
+            log(f"expert {k + 1}/{cfg.num_experts}: val accuracy {e['val_accuracy']:.2f}%  "
+                f"(train loss {e['train_loss'][-1]:.3f})")
+    if not todo:
+        list_finished(out, meta, records, write=distributed.is_main())
     return meta
 
 
