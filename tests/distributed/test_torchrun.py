@@ -237,3 +237,20 @@ def test_a_user_error_on_one_rank_ends_every_rank(tmp_path, crc_root):
     assert took < 120, took
     assert not (tmp_path / "b" / "COMPLETE").exists()
     assert not (tmp_path / "b" / "expert_001.safetensors").exists()
+
+
+def test_dd_and_glad_under_torchrun_equal_one_process(tmp_path, store):
+    dd = ["--method", "dd", "--ipc", "1", "--dd-models", "2", "--batch-real", "8", "--lr-lr", "1e-4"]
+    glad = ["--method", "glad", "--ipc", "2", "--generator", "tests.fixtures.generators:crc16", "--space", "wp",
+            "--layer", "0", "--g-batch", "3"]
+    for name, extra in (("dd", dd), ("glad", glad)):
+        args = ["distill", "--buffer", store, "--syn-steps", "3", "--iterations", "4", "--eval-it", "2",
+                "--eval-epochs", "2", "--max-start-epoch", "2", "--expert-epochs", "1", "--checkpoint-it", "2",
+                "--seed", "3", "--no-progress", *extra]
+        run(*args, "--out", tmp_path / f"{name}1")
+        torchrun(2, *args, "--out", tmp_path / f"{name}2")
+        assert_synsets_close(tmp_path / f"{name}2", tmp_path / f"{name}1")
+        if name == "glad":
+            a, b = (load_file(tmp_path / f"glad{k}" / "synset" / "latents.safetensors") for k in (2, 1))
+            for k in b:
+                assert _rel(a[k], b[k]) < 1e-5, k
