@@ -45,6 +45,7 @@ import re
 import warnings
 
 import torch
+from torch.profiler import record_function
 
 from mtt_fast.match.adjoint import _Grads, _History, graph_free_step, reverse_steps
 from mtt_fast.match.loss import MatchResult, check_loss_mask, masked_trajectory_loss, soft_labels
@@ -172,6 +173,16 @@ def choose_split(step_bytes: list[int], history_bytes: int, budget: int) -> tupl
     return best[0], best[1], False
 
 
+def _graph_step(student: Student, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                step: StepPlan) -> torch.Tensor:
+    """``grad_theta CE`` of one step with its graph kept (create_graph), under profiler labels."""
+    with record_function("match.kept.forward"):
+        ce = student.step_loss(theta, x, y, step)
+    with record_function("match.kept.backward"):
+        (g,) = torch.autograd.grad(ce, theta, create_graph=True)
+    return g
+
+
 def match_auto(student: Student, theta_start: torch.Tensor, theta_target: torch.Tensor, images: torch.Tensor,
                labels: torch.Tensor, syn_lr: torch.Tensor, plan: list[StepPlan], *,
                loss_mask: torch.Tensor | None = None, memory_budget: int | str | None = None,
@@ -208,7 +219,7 @@ def match_auto(student: Student, theta_start: torch.Tensor, theta_target: torch.
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
     with torch.enable_grad(), SavedBytes(exclude=(x0, y0, theta_start)) as saved:
-        (g,) = torch.autograd.grad(student.step_loss(theta0, x, y, plan[0]), theta0, create_graph=True)
+        g = _graph_step(student, theta0, x, y, plan[0])
         theta = theta0 - lrg * g
     measured = saved.total
     if cuda:
@@ -240,14 +251,15 @@ def match_auto(student: Student, theta_start: torch.Tensor, theta_target: torch.
         seg_start = theta0
     with torch.enable_grad():
         for i in range(max(k, 1), n):  # the kept tail
-            (g,) = torch.autograd.grad(student.step_loss(theta, x, y, plan[i]), theta, create_graph=True)
+            g = _graph_step(student, theta, x, y, plan[i])
             theta = theta - lrg * g
         theta_end = theta.detach()
         loss = masked_trajectory_loss(theta, theta_target.detach(), theta_start.detach(), loss_mask)
         wrt = [seg_start] if k > 0 else []
         if k < n:
             wrt += [x, lrg] + ([y] if soft else [])
-        out = torch.autograd.grad(loss, wrt)
+        with record_function("match.kept.double_backward"):
+            out = torch.autograd.grad(loss, wrt)
     grads = _Grads(x0, y0, lr, soft)
     if k < n:
         tail = out[1:] if k > 0 else out
