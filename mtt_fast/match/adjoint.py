@@ -25,6 +25,7 @@ Hessian terms through later steps. Exact for N = 1, biased for N > 1; kept for c
 from __future__ import annotations
 
 import torch
+from torch.profiler import record_function
 
 from mtt_fast.match.loss import MatchResult, check_loss_mask, masked_trajectory_loss, soft_labels
 from mtt_fast.match.plan import StepPlan
@@ -66,7 +67,7 @@ def graph_free_step(student: Student, theta: torch.Tensor, x0: torch.Tensor, y0:
     """One student SGD step without keeping a graph: ``theta - lr * grad CE(theta)``, detached."""
     with torch.enable_grad():
         th = theta.detach().requires_grad_(True)
-        g = student.step_grad(th, x0, y0, step)
+        g = student.step_grad(th, x0, y0, step, label="match.free")
     return (theta.detach() - lr * g).detach()
 
 
@@ -78,6 +79,8 @@ def reverse_steps(student: Student, history: _History, lam: torch.Tensor, x0: to
     ``s_i = lam . g_i`` gives ``ds_i/dx``, ``ds_i/dy`` (soft labels) and ``ds_i/dtheta_i``.
     With ``exact=False`` (tesla) ``lam`` stays fixed and ``ds/dtheta`` is not computed.
 
+    The ``match.*`` ``record_function`` labels name each pass for ``benchmarks/profile_step.py``.
+
     Returns:
         ``dL/dtheta_0`` (``lam`` after the last step walked; for tesla the unchanged input).
     """
@@ -88,10 +91,11 @@ def reverse_steps(student: Student, history: _History, lam: torch.Tensor, x0: to
             th = history.get(i).clone().requires_grad_(True)
             x = x0.detach().requires_grad_(True)
             y = y0.detach().requires_grad_(True) if soft else y0
-            g = student.step_grad(th, x, y, step, create_graph=True)
+            g = student.step_grad(th, x, y, step, create_graph=True, label="match.recompute")
             s = torch.dot(lam, g)
             wrt = (x, y) if soft else (x,)
-            out = torch.autograd.grad(s, (*wrt, th) if exact else wrt)
+            with record_function("match.recompute.double_backward"):
+                out = torch.autograd.grad(s, (*wrt, th) if exact else wrt)
         grads.x.sub_(lr * out[0])
         if soft:
             grads.y.sub_(lr * out[1])

@@ -45,6 +45,7 @@ import re
 import warnings
 
 import torch
+from torch.profiler import record_function
 
 from mtt_fast.match.adjoint import _Grads, _History, graph_free_step, reverse_steps
 from mtt_fast.match.loss import MatchResult, check_loss_mask, masked_trajectory_loss, soft_labels
@@ -208,7 +209,7 @@ def match_auto(student: Student, theta_start: torch.Tensor, theta_target: torch.
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
     with torch.enable_grad(), SavedBytes(exclude=(x0, y0, theta_start)) as saved:
-        g = student.step_grad(theta0, x, y, plan[0], create_graph=True)
+        g = student.step_grad(theta0, x, y, plan[0], create_graph=True, label="match.kept")
         theta = theta0 - lrg * g
     measured = saved.total
     if cuda:
@@ -243,14 +244,15 @@ def match_auto(student: Student, theta_start: torch.Tensor, theta_target: torch.
         seg_start = theta0
     with torch.enable_grad():
         for i in range(max(k, 1), n):  # the kept tail
-            g = student.step_grad(theta, x, y, plan[i], create_graph=True)
+            g = student.step_grad(theta, x, y, plan[i], create_graph=True, label="match.kept")
             theta = theta - lrg * g
         theta_end = theta.detach()
         loss = masked_trajectory_loss(theta, theta_target.detach(), theta_start.detach(), loss_mask)
         wrt = [seg_start] if k > 0 else []
         if k < n:
             wrt += [x, lrg] + ([y] if soft else [])
-        out = torch.autograd.grad(loss, wrt)
+        with record_function("match.kept.double_backward"):
+            out = torch.autograd.grad(loss, wrt)
     grads = _Grads(x0, y0, lr, soft)
     if k < n:
         tail = out[1:] if k > 0 else out

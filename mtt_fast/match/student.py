@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 from torch.nn import functional as F
 
 from mtt_fast.augment import apply as apply_augment
@@ -83,18 +84,25 @@ class Student:
         return F.cross_entropy(logits, y, reduction="sum") / b
 
     def step_grad(self, theta: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, step: StepPlan, *,
-                  create_graph: bool = False) -> torch.Tensor:
+                  create_graph: bool = False, label: str = "match.step") -> torch.Tensor:
         """``grad_theta`` of :meth:`step_loss` (``theta`` must require grad), the one gradient every
         engine takes per step. Under torchrun it is summed over the ranks' shares, and with
-        ``create_graph`` differentiable the way :mod:`mtt_fast.match.parallel` explains."""
+        ``create_graph`` differentiable the way :mod:`mtt_fast.match.parallel` explains. The
+        forward and the backward run under the profiler labels ``<label>.forward`` / ``.backward``."""
         if self.share is None:
-            return torch.autograd.grad(self.step_loss(theta, images, labels, step), theta, create_graph=create_graph)[0]
+            with record_function(f"{label}.forward"):
+                ce = self.step_loss(theta, images, labels, step)
+            with record_function(f"{label}.backward"):
+                return torch.autograd.grad(ce, theta, create_graph=create_graph)[0]
         if not create_graph:
-            part = self.step_loss(theta, images, labels, step)
-            g = torch.zeros_like(theta) if part is None else torch.autograd.grad(part, theta)[0]
+            with record_function(f"{label}.forward"):
+                part = self.step_loss(theta, images, labels, step)
+            with record_function(f"{label}.backward"):
+                g = torch.zeros_like(theta) if part is None else torch.autograd.grad(part, theta)[0]
             return RankShare.sum(g.contiguous())
         th = replicated(theta)
-        part = self.step_loss(th, images, labels, step)
+        with record_function(f"{label}.forward"):
+            part = self.step_loss(th, images, labels, step)
         if part is None:  # owns no row of this batch: a zero share that still depends on theta (so that
             # this rank joins the backward's all-reduce like the others) and on the images and labels
             # (which the engines differentiate: their gradient from this step is exactly 0 here)
@@ -102,7 +110,8 @@ class Student:
             if labels.is_floating_point():
                 ties = ties + labels.sum()
             part = 0 * th.sum() * ties  # its gradient 0 * ties + 0 * th.sum() depends on all three
-        (g,) = torch.autograd.grad(part, th, create_graph=True)
+        with record_function(f"{label}.backward"):
+            (g,) = torch.autograd.grad(part, th, create_graph=True)
         return sum_over_ranks(g)
 
     def agree_max(self, value: float) -> float:

@@ -217,7 +217,14 @@ def test_auto_on_cuda_equals_full_and_its_estimate_covers_the_allocator(offload)
     plan = _plan(x, 5, device="cuda")
     full = match_full(student, start, target, x, y, lr, plan)
     probe = match_auto(student, start, target, x, y, lr, plan, memory_budget=10**12, offload=offload)
-    res = match_auto(student, start, target, x, y, lr, plan, offload=offload,
-                     memory_budget=_budget_for(probe.info, plan, 2))
+    budget = _budget_for(probe.info, plan, 2)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    res = match_auto(student, start, target, x, y, lr, plan, offload=offload, memory_budget=budget)
+    torch.cuda.synchronize()
     assert res.info["kept_steps"] == 2
+    # the engine's own peak stays within its budget, up to the estimate's margin and the results it returns
+    returned = sum(t.numel() * t.element_size() for t in (res.grad_images, res.grad_labels, res.theta_end))
+    assert torch.cuda.max_memory_allocated() - base <= 1.1 * budget + returned + 64 * 1024
     _close(res, full)

@@ -1,0 +1,335 @@
+"""Where one distillation iteration's time goes: torch.profiler by op family and by pass.
+
+Setting (issue 19's fmnist setting): 28x28x1, ConvNet-D3 width 128 instance norm, 10
+classes, ipc 10 (100 images), batch_syn 100, DSA on, N = 10, 2 threads, default ops. Two
+engine paths are profiled, one iteration each after a warm-up:
+
+* ``kept``: ``auto`` with room for every step's graph (what the default budget gives here;
+  the same work as ``full``): forward + first backward (create_graph) per step, then one
+  double backward through the whole unroll.
+* ``adjoint``: ``auto`` with a budget that keeps no graph (= the ``adjoint`` engine): a
+  graph-free forward + backward per step, then per step a recomputed forward + backward and
+  the double backward of ``lambda . g``.
+
+Passes are the ``match.*`` ``record_function`` labels the engines carry; every aten op is
+charged (self CPU time) to the innermost pass whose interval holds it, and to a family by
+its name. Each convolution is charged its FLOPs (``2 * B * Cout * Ho * Wo * Cin * kh * kw``
+per forward; ``convolution_backward`` counts one such product per output it computes, dX
+and/or dW, from its ``output_mask``), split by the first layer (Cin = 1) and the rest, so
+each pass shows the GFLOP/s its convolutions reach.
+
+Writes benchmarks/results/profile_cpu.json and .md. Run:
+
+    PYTHONPATH=$PWD python benchmarks/profile_step.py [--steps 10] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from _meta import source_commit
+
+RESULTS = Path(__file__).parent / "results"
+
+FAMILIES = [  # (family, substrings of the aten / custom op name), first match wins
+    ("conv", ("convolution", "conv2d", "mkldnn_conv", "conv_depthwise", "_nnpack", "slow_conv")),
+    ("block (norm+relu+pool)", ("mtt_fast::convblock", "mtt_fast::block", "group_norm", "native_group_norm",
+                                "relu", "threshold", "avg_pool", "instance_norm")),
+    ("dsa", ("mtt_fast::dsa", "grid_sampler", "affine_grid")),
+    ("linear / matmul", ("addmm", "::mm", "::bmm", "matmul", "linear", "::dot", "::vdot")),
+    ("loss (softmax/CE)", ("softmax", "nll_loss", "cross_entropy", "traj_loss")),
+    ("indexing / copies", ("index", "gather", "scatter", "copy_", "clone", "contiguous", "cat", "split", "view",
+                           "reshape", "slice", "select", "as_strided", "unbind", "narrow", "to_copy", "_to_copy",
+                           "empty", "zeros", "fill_", "stack")),
+    ("elementwise / reductions", ("add", "sub", "mul", "div", "sum", "mean", "neg", "pow", "sqrt", "where", "exp",
+                                  "log", "sign", "clamp", "square", "lerp", "ones_like", "zero_", "masked")),
+]
+
+
+def _family(name: str) -> str:
+    for fam, keys in FAMILIES:
+        if any(k in name for k in keys):
+            return fam
+    return "other"
+
+
+def _conv_flops(name: str, shapes: list, concrete: list) -> tuple[int, int]:
+    """(FLOPs, input channels) of a conv event from its recorded shapes; (0, 0) when unknown.
+
+    A convolution costs ``2 * (output elements) * (weight elements per output channel)``;
+    a transposed one ``2 * (input elements) * (weight elements per input channel)``. The
+    double backward's convolutions (weight gradients as convolutions over the batch) follow
+    the same count with their own operands.
+    """
+    try:
+        if name in ("aten::convolution", "aten::_convolution"):
+            x, w = shapes[0], shapes[1]
+            stride, pad, dil, transposed = concrete[3], concrete[4], concrete[5], bool(concrete[6])
+        elif name == "aten::conv2d":
+            x, w = shapes[0], shapes[1]
+            stride, pad, dil, transposed = concrete[3], concrete[4], concrete[5], False
+        elif name == "aten::convolution_backward":
+            x, w = shapes[1], shapes[2]
+            stride, pad, dil, transposed = concrete[4], concrete[5], concrete[6], bool(concrete[7])
+        else:
+            return 0, 0
+        n, cin, h, wd = x
+        kh, kw = w[2], w[3]
+        if transposed:
+            one = 2 * n * h * wd * w[0] * w[1] * kh * kw
+        else:
+            ho = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+            wo = (wd + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+            one = 2 * n * w[0] * ho * wo * w[1] * kh * kw
+        if name == "aten::convolution_backward":
+            mask = concrete[-1] if concrete and isinstance(concrete[-1], (list, tuple)) else [True, True, False]
+            one *= int(bool(mask[0])) + int(bool(mask[1]))
+        return one, cin
+    except (IndexError, TypeError, ValueError):
+        return 0, 0
+
+
+def _flops_of(e) -> tuple[int, int]:
+    return _conv_flops(e.name, e.input_shapes or [], list(getattr(e, "concrete_inputs", None) or []))
+
+
+def _ancestors(e):
+    p = e.cpu_parent
+    while p is not None:
+        yield p
+        p = p.cpu_parent
+
+
+def _setup(steps: int, width: int = 128):
+    from mtt_fast.augment import DSAConfig
+    from mtt_fast.match import Student, plan_steps
+    from mtt_fast.models import FlatParams, get_network
+
+    torch.manual_seed(0)
+    net = get_network("convnet", 1, 10, 28, width=width, depth=3)
+    student = Student.of(net)
+    start = FlatParams.of(net).flatten(net)
+    target = start + 0.01 * torch.randn_like(start)
+    images = torch.randn(100, 1, 28, 28)
+    labels = torch.arange(100) % 10
+    lr = torch.tensor(0.01)
+    gen = torch.Generator().manual_seed(1)
+
+    def plan():
+        return plan_steps(100, (1, 28, 28), steps, 100, DSAConfig(), gen)
+
+    return student, start, target, images, labels, lr, plan
+
+
+def profile_path(path: str, steps: int) -> dict:
+    """Profile one iteration of ``path`` ("kept" or "adjoint") after a warm-up; the summary dict."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from mtt_fast.match import match_auto
+
+    student, start, target, images, labels, lr, plan = _setup(steps)
+    budget = 10**13 if path == "kept" else 1  # 1 byte: keeps nothing (over budget: runs as the adjoint)
+
+    def run():
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return match_auto(student, start, target, images, labels, lr, plan(), memory_budget=budget)
+
+    run()  # warm-up
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    res = run()
+    wall_plain, cpu_plain = time.perf_counter() - t0, time.process_time() - c0
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        t0 = time.perf_counter()
+        run()
+        wall_prof = time.perf_counter() - t0
+    events = list(prof.events())
+    passes = [e for e in events if e.name.startswith("match.")]
+    ops = [e for e in events if not e.name.startswith("match.") and not e.name.startswith("ProfilerStep")]
+
+    def pass_of(e) -> str:
+        best, span = "outside passes", math.inf
+        for p in passes:
+            if p.thread == e.thread and p.time_range.start <= e.time_range.start and e.time_range.end <= p.time_range.end:
+                if p.time_range.elapsed_us() < span:
+                    best, span = p.name, p.time_range.elapsed_us()
+        return best
+
+    by_pass_family: dict = defaultdict(lambda: defaultdict(float))
+    conv: dict = defaultdict(lambda: {"flops": 0, "us": 0.0, "calls": 0})
+    for e in ops:
+        us = e.self_cpu_time_total
+        if us <= 0:
+            continue
+        p = pass_of(e)
+        fam = _family(e.name)
+        by_pass_family[p][fam] += us
+        fl, cin = _flops_of(e)
+        if fl and not any(_flops_of(a)[0] for a in _ancestors(e)):  # nested conv calls count once
+            kind = "fwd conv" if e.name != "aten::convolution_backward" else "conv backward (dX and/or dW)"
+            key = f"{p} | {kind} | {'layer 1 (Cin=1)' if cin == 1 else 'layers 2-3'}"
+            conv[key]["flops"] += fl
+            # a conv's own time is its self time plus its aten children (mkldnn kernels) charged to conv
+            conv[key]["us"] += e.cpu_time_total
+            conv[key]["calls"] += 1
+    for k in conv:
+        conv[k]["gflops_per_s"] = conv[k]["flops"] / max(conv[k]["us"], 1e-9) / 1e3
+    total_us = sum(sum(f.values()) for f in by_pass_family.values())
+    fam_tot: dict = defaultdict(float)
+    for f in by_pass_family.values():
+        for k, v in f.items():
+            fam_tot[k] += v
+    return {"path": path, "steps": steps, "kept_steps": res.info["kept_steps"], "wall_s": wall_plain,
+            "cpu_s": cpu_plain, "wall_s_profiled": wall_prof, "self_cpu_s_total": total_us / 1e6,
+            "by_family_s": {k: v / 1e6 for k, v in sorted(fam_tot.items(), key=lambda kv: -kv[1])},
+            "by_pass_s": {p: sum(f.values()) / 1e6 for p, f in by_pass_family.items()},
+            "by_pass_family_s": {p: {k: v / 1e6 for k, v in f.items()} for p, f in by_pass_family.items()},
+            "conv": {k: dict(v) for k, v in sorted(conv.items())},
+            "conv_total_gflop": sum(v["flops"] for v in conv.values()) / 1e9,
+            "conv_total_gflops_per_s": sum(v["flops"] for v in conv.values()) / max(sum(v["us"] for v in conv.values()), 1) / 1e3}
+
+
+# ------------------------------------------------------------------------------ experiments
+def _unfold_first_conv(conv, h):
+    """The first conv as im2col + matmul (a candidate path for 1-channel input)."""
+    from torch.nn import functional as F
+
+    w, pad, k = conv.weight, conv.padding, conv.kernel_size
+    n, _, hh, ww = h.shape
+    cols = F.unfold(h, k, padding=pad)
+    ho, wo = hh + 2 * pad[0] - k[0] + 1, ww + 2 * pad[1] - k[1] + 1
+    return (torch.matmul(w.reshape(w.shape[0], -1), cols) + conv.bias.view(1, -1, 1)).view(n, w.shape[0], ho, wo)
+
+
+def _variant_forwards() -> dict:
+    """ConvNet.forward replacements: the default, the first conv via unfold, channels-last."""
+    from mtt_fast.models import networks
+    from mtt_fast.ops import block as fused_block
+
+    default = networks.ConvNet.forward
+
+    def unfold_first(self, x):
+        h = x
+        for d in range(self.depth):
+            conv, norm = self.features[4 * d], self.features[4 * d + 1]
+            c = _unfold_first_conv(conv, h) if d == 0 else conv(h)
+            h = fused_block.convblock(c, norm.weight, norm.bias, norm.eps, impl="auto")
+        return self.classifier(h.flatten(1))
+
+    def reference_nchw(self, x):  # native group_norm/relu/pool (the path channels-last can use)
+        return self.classifier(self.features(x).flatten(1))
+
+    def reference_channels_last(self, x):
+        return self.classifier(self.features(x.contiguous(memory_format=torch.channels_last)).flatten(1))
+
+    return {"default (fused block, NCHW)": default, "first conv via unfold+matmul": unfold_first,
+            "native block, NCHW": reference_nchw, "native block, channels-last": reference_channels_last}
+
+
+def experiments(steps: int, reps: int) -> list[dict]:
+    """Each candidate vs the default on the kept and the adjoint path: CPU seconds per iteration
+    (process time, robust to other jobs on the machine), interleaved, median of reps 2..; and the
+    relative difference of d loss / d images from the default (float32)."""
+    import statistics
+    import warnings
+
+    from mtt_fast.match import match_auto
+    from mtt_fast.models import networks
+
+    student, start, target, images, labels, lr, plan = _setup(steps)
+    variants = _variant_forwards()
+    default = networks.ConvNet.forward
+    out = []
+    try:
+        for path, budget in (("kept", 10**13), ("adjoint", 1)):
+            p = plan()
+            times: dict = {k: [] for k in variants}
+            grads: dict = {}
+            for _ in range(reps):
+                for name, fwd in variants.items():
+                    networks.ConvNet.forward = fwd
+                    t = time.process_time()
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        grads[name] = match_auto(student, start, target, images, labels, lr, p,
+                                                 memory_budget=budget).grad_images
+                    times[name].append(time.process_time() - t)
+            base = next(iter(variants))
+            med = {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in times.items()}
+            for name in variants:
+                out.append({"path": path, "variant": name, "cpu_s": times[name], "median_cpu_s": med[name],
+                            "vs_default": med[name] / med[base],
+                            "grad_rel_diff": float((grads[name] - grads[base]).norm() / grads[base].norm())})
+    finally:
+        networks.ConvNet.forward = default
+    return out
+
+
+def _markdown(results: list[dict], threads: int) -> str:
+    lines = [f"CPU: {platform.processor() or 'cpu'} ({os.cpu_count()} CPUs, {threads} threads, torch {torch.__version__}); "
+             "fmnist setting (28x28x1, ConvNet-D3 w128 instancenorm, 100 images, batch_syn 100, DSA on), "
+             f"N = {results[0]['steps']}, one profiled iteration after a warm-up. Times are the ops' self CPU "
+             "time (summed over threads' work as the profiler sees it on the calling thread).", ""]
+    for r in results:
+        lines += [f"### {r['path']} ({r['kept_steps']} kept step graphs): {r['wall_s']:.2f} s wall, "
+                  f"{r['cpu_s']:.2f} s CPU unprofiled; {r['wall_s_profiled']:.2f} s wall profiled", "",
+                  "| op family | s | share |", "|---|---|---|"]
+        tot = r["self_cpu_s_total"]
+        lines += [f"| {k} | {v:.2f} | {v / tot:.0%} |" for k, v in r["by_family_s"].items()]
+        lines += ["", "| pass | s | share | of which conv |", "|---|---|---|---|"]
+        for p, v in sorted(r["by_pass_s"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {p} | {v:.2f} | {v / tot:.0%} | {r['by_pass_family_s'][p].get('conv', 0):.2f} |")
+        lines += ["", "| pass / conv kind / layer | calls | GFLOP | s | GFLOP/s |", "|---|---|---|---|---|"]
+        for k, v in r["conv"].items():
+            lines.append(f"| {k} | {v['calls']} | {v['flops'] / 1e9:.1f} | {v['us'] / 1e6:.2f} | {v['gflops_per_s']:.0f} |")
+        lines += ["", f"All convolutions: {r['conv_total_gflop']:.1f} GFLOP at {r['conv_total_gflops_per_s']:.0f} GFLOP/s.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--paths", default="kept,adjoint")
+    ap.add_argument("--out", default=None, help="result path stem (default results/profile_cpu)")
+    ap.add_argument("--experiment-steps", type=int, default=2, help="N of the candidate A/B runs (0: skip them)")
+    ap.add_argument("--experiment-reps", type=int, default=4)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    results = [profile_path(p, args.steps) for p in args.paths.split(",")] if args.paths else []
+    exp = experiments(args.experiment_steps, args.experiment_reps) if args.experiment_steps else []
+    md = _markdown(results, args.threads) if results else ""
+    if exp:
+        md += (f"\n### Candidates (N = {args.experiment_steps}, {args.threads} threads; CPU s per iteration, "
+               f"median of reps 2-{args.experiment_reps}, interleaved)\n\n"
+               "| path | variant | CPU s / it | vs default | d/dx rel. diff (fp32) |\n|---|---|---|---|---|\n")
+        md += "\n".join(f"| {e['path']} | {e['variant']} | {e['median_cpu_s']:.2f} | {e['vs_default']:.2f}x "
+                         f"| {e['grad_rel_diff']:.1e} |" for e in exp) + "\n"
+    md += (f"\nLoad average when written: {', '.join(f'{v:.1f}' for v in os.getloadavg())} "
+           f"(on {os.cpu_count()} CPUs; other jobs share the machine, so wall times and GFLOP/s are lower bounds).\n")
+    print(md)
+    stem = Path(args.out) if args.out else RESULTS / "profile_cpu"
+    from mtt_fast.ops import extension_info
+
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"benchmark": "profile_step", "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+         "commit": source_commit(), "extension": extension_info().get("loaded"), "load_average": os.getloadavg(),
+         "results": results, "experiments": exp}, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(md + "\n")
+    print(f"wrote {stem.with_suffix('.json')} and .md")
+
+
+if __name__ == "__main__":
+    main()
