@@ -193,10 +193,11 @@ def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch,
               help="T+: start epochs drawn from [0, T+).")
 @click.option("--iterations", type=int, default=_D.iterations, show_default=True)
 @click.option("--engine", type=click.Choice(list(ENGINES)), default=_T.engine, show_default=True,
-              help="Matching engine. adjoint: exact gradients, activation memory of one student step; "
+              help="Matching engine. auto: exact; keeps the graphs of as many steps as fit in --memory-budget "
+                   "(full's speed when the unroll fits, adjoint's memory when not); "
+                   "adjoint: exact gradients, activation memory of one student step; "
                    "full: autograd through the whole unroll (exact, memory grows with N); "
-                   "tesla: TESLA's per-step approximation (not exact for N > 1; for comparison)"
-                   + ("; auto: picks how to spend --memory-budget." if "auto" in ENGINES else "."))
+                   "tesla: TESLA's per-step approximation (not exact for N > 1; for comparison).")
 @click.option("--memory-budget", default=_T.memory_budget,
               help="--engine auto: memory it may use, e.g. 8GiB, 512MiB or bytes (default: the engine's own rule).")
 @click.option("--start-epoch-schedule", default=_T.start_epoch_schedule, metavar="LO:HI:ITERS",

@@ -43,7 +43,8 @@ def _pipeline(tmp: Path) -> dict[str, str]:
         "--quality-samples", "2", "--classifier-epochs", "1", "--log-every", "2",
         "--augment", "diffaug", "--style-mixing", "0", "--out", gan)  # the recipe the pins were recorded with
     common = ["--buffer", buf, "--syn-steps", "3", "--iterations", "4", "--eval-it", "2", "--eval-epochs", "3",
-              "--max-start-epoch", "2", "--expert-epochs", "1", "--checkpoint-it", "2", "--lr-lr", "1e-7", *TINY]
+              "--max-start-epoch", "2", "--expert-epochs", "1", "--checkpoint-it", "2", "--lr-lr", "1e-7",
+              "--engine", "adjoint", *TINY]  # the pins were recorded with the adjoint (the default then)
     runs = {
         "mtt": ["--method", "mtt", "--ipc", "2", "--lr-img", "100"],
         "glad": ["--method", "glad", "--ipc", "2", "--generator", GEN, "--space", "wp", "--layer", "0", "--g-batch", "3"],

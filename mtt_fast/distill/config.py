@@ -25,7 +25,7 @@ class TrajectoryOptions:
 
     expert_epochs: int = 2
     max_start_epoch: int = 20
-    engine: str = "adjoint"
+    engine: str = "auto"
     offload_history: bool = False
     #: ``--engine auto``'s memory budget in bytes (None: the engine's own default rule)
     memory_budget: int | None = None

@@ -407,6 +407,11 @@ class Distiller:
             if self.iteration == first:
                 self.log(f"iteration {rec['iteration']}: engine {t.engine}, {rec['seconds']:.2f} s, "
                          f"{format_peak_memory(rec)}")
+                info = rec.get("engine_info") or {}
+                if "kept_steps" in info:
+                    self.log(f"engine auto: keeps the graphs of {info['kept_steps']} of {info['steps']} steps "
+                             f"(estimate {info['estimate_bytes'] / 2**20:.0f} MiB, budget "
+                             f"{info['memory_budget'] / 2**20:.0f} MiB, {info['budget_rule']})")
             self.iteration += 1
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", syn_lr=f"{rec['syn_lr']:.4g}", mem=format_peak_memory(rec, short=True))
