@@ -176,6 +176,25 @@ def _wait_dead(pid: int) -> None:
         time.sleep(0.05)
 
 
+def _wait_lock_free(lock: Path) -> None:
+    """Until the run's lock can be taken (the kernel releases a killed owner's flock once its files
+    are closed, which on a loaded machine can lag the kill)."""
+    import fcntl
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return
+        except BlockingIOError:
+            time.sleep(0.1)
+        finally:
+            os.close(fd)
+    raise AssertionError(f"{lock} is still held a minute after every rank was killed")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, store):
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
@@ -197,6 +216,7 @@ def test_killed_run_resumes_on_another_world_size(tmp_path, store, uninterrupted
         proc.wait()
     for pid in ranks:  # a killed rank holds the run's lock until it has finished dying
         _wait_dead(pid)
+    _wait_lock_free(out.parent / f".{out.name}.lock")
     assert not (out / "COMPLETE").exists()
     res = run(*_long(store, out))  # one process picks it up
     assert "resuming from iteration" in res.output
