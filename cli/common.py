@@ -68,6 +68,11 @@ def parse_kv(pairs: tuple[str, ...], option: str) -> dict:
 
 
 def fail(message: str) -> None:
+    """One ``error:`` line on stderr and exit status 2; under torchrun every rank ends with it."""
+    from mtt_fast import distributed
+
+    if distributed.initialized():
+        distributed.fail_all(message, lambda m: click.echo(f"error: {m}", err=True))
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from mtt_fast.cli.common import (
     common_options,
     data_options_of,
@@ -11,7 +12,6 @@ from mtt_fast.cli.common import (
     out_path,
     user_errors,
 )
-
 from mtt_fast.generative import GANConfig
 from mtt_fast.generative.config import AUGMENTS
 

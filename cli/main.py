@@ -47,13 +47,21 @@ _LR_LR_DEFAULTS = "; ".join(f"{n} {c.defaults['lr_lr']:g}" for n, c in METHODS.i
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(mtt_fast.__version__, prog_name="mtt-fast")
-def main() -> None:
+@click.option("--dist-backend", type=click.Choice(["nccl", "gloo"]), default=None,
+              help="Under torchrun: the torch.distributed backend (default nccl on CUDA, gloo on CPU).")
+def main(dist_backend: str | None) -> None:
     """mtt-fast: distill image datasets into a few synthetic images per class by Matching
     Training Trajectories (MTT), optionally through a deep generative prior (GLaD).
 
     The pipeline is buffer -> distill -> eval; each stage reads and writes directories.
+    Every command also runs under torchrun (`torchrun --nproc-per-node K -m mtt_fast ...`):
+    see README, "More than one GPU / machine".
     """
     warnings.showwarning = _one_line_warning
+    if dist_backend:
+        import os
+
+        os.environ["MTT_FAST_DIST_BACKEND"] = dist_backend
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -148,21 +156,24 @@ def data_stats(dataset, data_root, res, normalization, data_option, cache_dir, s
 @click.option("--gsam-alpha", type=float, default=_E.gsam_alpha, show_default=True,
               help="GSAM's surrogate-gap term with --sam-rho: subtract alpha times the part of the gradient at w "
                    "orthogonal to the SAM gradient. 0: plain SAM. FTD uses 0.3.")
+@click.option("--sam-adaptive", is_flag=True, default=_E.sam_adaptive,
+              help="With --sam-rho: ASAM's per-weight ascent rho w^2 g/||w g|| (FTD's script's default).")
 @dsa_options
 @click.option("--out", required=True, help="Store directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store in --out.")
 @common_options
 @user_errors
 def buffer(dataset, data_root, res, normalization, data_option, cache_dir, arch, width, depth, num_experts, epochs, lr,
-           momentum, weight_decay, batch_size, max_train_per_class, jitter, sam_rho, gsam_alpha, dsa_strategy, dsa_mode,
-           dsa_impl, out, overwrite, seed, device, progress):
+           momentum, weight_decay, batch_size, max_train_per_class, jitter, sam_rho, gsam_alpha, sam_adaptive,
+           dsa_strategy, dsa_mode, dsa_impl, out, overwrite, seed, device, progress):
     """Train expert networks on the real data and store their trajectories."""
     from mtt_fast.stages import BufferStage, run_buffer
 
     cfg = ExpertConfig(arch=arch, width=width, depth=depth, num_experts=num_experts, epochs=epochs, lr=lr,
                        momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
                        dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode), dsa_impl=dsa_impl,
-                       max_train_per_class=max_train_per_class, seed=seed, sam_rho=sam_rho, gsam_alpha=gsam_alpha)
+                       max_train_per_class=max_train_per_class, seed=seed, sam_rho=sam_rho, gsam_alpha=gsam_alpha,
+                       sam_adaptive=sam_adaptive)
     stage = BufferStage(data_options_of(dataset, data_root, res, normalization, data_option, cache_dir), cfg, jitter)
     run_buffer(stage, out_path(out), overwrite=overwrite, device=device, progress=progress, log=echo)
 

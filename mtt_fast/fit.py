@@ -25,7 +25,10 @@ With ``sam_rho > 0`` every step is sharpness-aware (SAM, Foret et al. 2021): the
 gradient ``g_p`` is taken at ``w + e`` on the same augmented batch, ``w`` is restored exactly
 (copied back, not ``w + e - e``) and the optimizer steps from ``w`` with ``g_p``. With
 ``gsam_alpha > 0`` it is GSAM's (Zhuang et al. 2022) surrogate-gap step: the optimizer gets
-``g_p - alpha * g_perp``, ``g_perp`` the part of ``g`` orthogonal to ``g_p``. Batch-norm running
+``g_p - alpha * g_perp``, ``g_perp`` the part of ``g`` orthogonal to ``g_p``. With
+``sam_adaptive`` the ascent is ASAM's (Kwon et al. 2021), scaled per weight:
+``e = rho * w^2 * g / ||w * g||`` (elementwise products; what the GSAM reference does with
+``adaptive=True``, FTD's buffer script's default). Batch-norm running
 statistics are not updated by the pass at ``w + e``. Nothing random is drawn for it, so a
 SAM run is as reproducible as a plain one; ``sam_rho = 0`` runs the plain step unchanged.
 """
@@ -63,7 +66,8 @@ def _loss(net, x, y, diverged) -> torch.Tensor:
     return loss
 
 
-def _step(net, x, y, opt, dsa, dsa_impl, generator, diverged, scheduler, ema, sam_rho=0.0, gsam_alpha=0.0) -> float:
+def _step(net, x, y, opt, dsa, dsa_impl, generator, diverged, scheduler, ema, sam_rho=0.0, gsam_alpha=0.0,
+          sam_adaptive=False) -> float:
     """One step after the lr is set: augment, forward, finite check, zero_grad, backward, step(s), EMA."""
     if dsa is not None and dsa.enabled:
         x, _ = augment(x, dsa, generator, impl=dsa_impl)
@@ -71,7 +75,7 @@ def _step(net, x, y, opt, dsa, dsa_impl, generator, diverged, scheduler, ema, sa
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if sam_rho > 0:
-        _sharpness_aware_gradient(net, x, y, opt, sam_rho, gsam_alpha, diverged)
+        _sharpness_aware_gradient(net, x, y, opt, sam_rho, gsam_alpha, sam_adaptive, diverged)
     opt.step()
     if scheduler is not None:
         scheduler.step()
@@ -95,10 +99,10 @@ def _running_stats_frozen(net: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-def _sharpness_aware_gradient(net, x, y, opt, rho: float, alpha: float, diverged) -> None:
+def _sharpness_aware_gradient(net, x, y, opt, rho: float, alpha: float, adaptive: bool, diverged) -> None:
     """Replace the gradients ``g`` at ``w`` (already in ``.grad``) by SAM's ``g_p`` (or GSAM's
-    ``g_p - alpha * g_perp``), taken at ``w + rho * g / ||g||`` on the same batch ``(x, y)``;
-    the parameters are ``w`` again on return."""
+    ``g_p - alpha * g_perp``), taken at ``w + rho * g / ||g||`` (adaptive: ``w + rho * w^2 g /
+    ||w g||``) on the same batch ``(x, y)``; the parameters are ``w`` again on return."""
     params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
     if not params:
         return
@@ -106,9 +110,15 @@ def _sharpness_aware_gradient(net, x, y, opt, rho: float, alpha: float, diverged
         g = [p.grad.detach().clone() for p in params]
         w = [p.detach().clone() for p in params]
         g_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g]))
-        scale = rho / (g_norm + SAM_EPS)
-        for p, t in zip(params, g):
-            p.add_(t * scale)
+        if adaptive:
+            wg_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v.abs() * t) for v, t in zip(w, g)]))
+            scale = rho / (wg_norm + SAM_EPS)
+            for p, t, v in zip(params, g, w):
+                p.add_(t * scale * v * v)
+        else:
+            scale = rho / (g_norm + SAM_EPS)
+            for p, t in zip(params, g):
+                p.add_(t * scale)
     with _running_stats_frozen(net):
         loss_p = _loss(net, x, y, diverged)
         opt.zero_grad(set_to_none=True)
@@ -147,6 +157,7 @@ def fit_classifier(
     steps_per_epoch: int | None = None,
     sam_rho: float = 0.0,
     gsam_alpha: float = 0.0,
+    sam_adaptive: bool = False,
 ) -> list[float]:
     """Train ``net`` with cross-entropy for ``epochs`` epochs.
 
@@ -171,6 +182,7 @@ def fit_classifier(
             ``progress_per="step"``, whose total is ``epochs * steps_per_epoch``).
         sam_rho: SAM's ascent radius (0: plain steps; see the module docstring).
         gsam_alpha: GSAM's surrogate-gap weight (0: plain SAM; needs ``sam_rho > 0``).
+        sam_adaptive: ASAM's per-weight ascent (needs ``sam_rho > 0``).
 
     Returns:
         The mean training loss of every epoch.
@@ -179,8 +191,8 @@ def fit_classifier(
         raise ValueError("fit_classifier: DSA needs a generator")
     if not (math.isfinite(sam_rho) and sam_rho >= 0 and math.isfinite(gsam_alpha) and gsam_alpha >= 0):
         raise ValueError(f"fit_classifier: sam_rho {sam_rho} and gsam_alpha {gsam_alpha} must be finite and >= 0")
-    if gsam_alpha > 0 and sam_rho == 0:
-        raise ValueError("fit_classifier: gsam_alpha needs sam_rho > 0")
+    if (gsam_alpha > 0 or sam_adaptive) and sam_rho == 0:
+        raise ValueError("fit_classifier: gsam_alpha and sam_adaptive need sam_rho > 0")
     per_step = progress_per == "step"
     total = epochs * steps_per_epoch if per_step and steps_per_epoch is not None else (None if per_step else epochs)
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
@@ -196,7 +208,7 @@ def fit_classifier(
                     for g in opt.param_groups:
                         g["lr"] = lr
                 loss_sum += _step(net, x, y, opt, dsa, dsa_impl, generator, diverged, scheduler, ema,
-                                  sam_rho, gsam_alpha) * len(y)
+                                  sam_rho, gsam_alpha, sam_adaptive) * len(y)
                 step += 1
                 count += len(y)
                 if per_step:

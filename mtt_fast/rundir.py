@@ -13,6 +13,10 @@ a finished run leaves ``DIR/COMPLETE``. Running the same command again then
 :func:`open_run` holds an exclusive lock for the run (``fcntl.flock`` on the hidden file
 ``.<name>.lock`` beside ``DIR``, which records the owner's PID and start time), so a second
 command on the same ``--out`` stops at once with one line naming that PID.
+
+Under torchrun (:mod:`mtt_fast.distributed`) rank 0 alone checks, locks and writes the run
+directory; :func:`finished` broadcasts its answer and :func:`open_run` gives the other ranks a
+bystander handle once rank 0 holds the directory.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
+from mtt_fast import distributed
 from mtt_fast.errors import UserError
 from mtt_fast.io import read_yaml, write_text, write_yaml
 
@@ -84,12 +89,19 @@ def finished(out: str | Path, config: dict, *, overwrite: bool = False, option: 
              defaults: dict | None = None) -> bool:
     """True when ``out`` holds a finished run with these settings (nothing to do); raises like
     :func:`check_out`. Writes nothing, except that it first gives back a run that a killed
-    ``--overwrite`` had moved aside (under the run's lock)."""
+    ``--overwrite`` had moved aside (under the run's lock). Under torchrun rank 0 decides."""
+    answer = _finished(out, config, overwrite=overwrite, option=option, defaults=defaults) \
+        if distributed.is_main() else None
+    return bool(distributed.broadcast_object(answer))
+
+
+def _finished(out: str | Path, config: dict, *, overwrite: bool = False, option: str = "--out",
+             defaults: dict | None = None) -> bool:
     out = Path(out)
     if check_out(out, config, overwrite=overwrite, option=option, defaults=defaults) != "complete":
         return False
     if _sibling(out, "previous").is_dir() or _sibling(out, "discard").is_dir():
-        with open_run(out, config, overwrite=overwrite, option=option, defaults=defaults) as run:
+        with _open_run(out, config, overwrite=overwrite, option=option, defaults=defaults) as run:
             return run.state == "complete"
     return True
 
@@ -128,6 +140,8 @@ class RunDir:
 
     def complete(self) -> None:
         """Mark the run finished (``COMPLETE``)."""
+        if self._fd < 0:
+            return  # a bystander rank (torchrun): rank 0 writes
         self.checkpointed()
         mark_complete(self.path)
 
@@ -189,8 +203,20 @@ def open_run(out: str | Path, config: dict, *, overwrite: bool = False, option: 
     remove stale temporary files, and write ``config.yaml`` for a new run.
 
     Use as a context manager; an exception inside gives back a run that ``--overwrite`` moved
-    aside (unless the new run already wrote a checkpoint) and releases the lock.
+    aside (unless the new run already wrote a checkpoint) and releases the lock. Under torchrun
+    rank 0 owns the directory; the other ranks wait until it does and get a bystander handle
+    (same ``state``; ``checkpointed`` and ``complete`` write nothing there).
     """
+    if not distributed.active():
+        return _open_run(out, config, overwrite=overwrite, option=option, defaults=defaults)
+    run = _open_run(out, config, overwrite=overwrite, option=option, defaults=defaults) \
+        if distributed.is_main() else None
+    state = distributed.broadcast_object(run.state if run is not None else None)
+    return run if run is not None else RunDir(Path(out), state, -1, None)
+
+
+def _open_run(out: str | Path, config: dict, *, overwrite: bool = False, option: str = "--out",
+              defaults: dict | None = None) -> RunDir:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{option} {out} exists and is not a directory")

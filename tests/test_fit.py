@@ -165,26 +165,30 @@ def _ce_grad(w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (p - F.one_hot(y, w.shape[0]).double()).T @ x / len(y)
 
 
-def _two_hand_steps(w, x, y, *, lr, rho, alpha=0.0):
-    """Two SAM (alpha 0) or GSAM steps written out: g at w, ascent rho g/||g||, g_p there, step from w."""
+def _two_hand_steps(w, x, y, *, lr, rho, alpha=0.0, adaptive=False):
+    """Two SAM (alpha 0) or GSAM steps written out: g at w, ascent rho g/||g|| (adaptive: rho w^2 g/||w g||),
+    g_p there, step from w."""
     for _ in range(2):
         g = _ce_grad(w, x, y)
-        gp = _ce_grad(w + rho * g / g.norm(), x, y)
+        ascent = rho * w**2 * g / (w.abs() * g).norm() if adaptive else rho * g / g.norm()
+        gp = _ce_grad(w + ascent, x, y)
         d = gp - alpha * (g - (g * gp).sum() / gp.norm() ** 2 * gp)
         w = w - lr * d
     return w
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.3])
-def test_sam_and_gsam_steps_equal_the_hand_computed_two_steps(alpha):
+@pytest.mark.parametrize(("alpha", "adaptive"), [(0.0, False), (0.3, False), (0.3, True)])
+def test_sam_and_gsam_steps_equal_the_hand_computed_two_steps(alpha, adaptive):
     g = torch.Generator().manual_seed(0)
     w0 = torch.randn(3, 2, generator=g, dtype=torch.float64)
     x = torch.randn(4, 2, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 1])
-    want = _two_hand_steps(w0, x, y, lr=0.5, rho=0.2, alpha=alpha)
+    want = _two_hand_steps(w0, x, y, lr=0.5, rho=0.2, alpha=alpha, adaptive=adaptive)
+    if adaptive:  # the per-weight scaling changed the ascent
+        assert (want - _two_hand_steps(w0, x, y, lr=0.5, rho=0.2, alpha=alpha)).abs().max() > 1e-6
     net = _linear(w0)
     fit_classifier(net, lambda e: [(x, y)], torch.optim.SGD(net.parameters(), lr=0.5), epochs=2,
-                   sam_rho=0.2, gsam_alpha=alpha)
+                   sam_rho=0.2, gsam_alpha=alpha, sam_adaptive=adaptive)
     torch.testing.assert_close(net.weight.detach(), want, rtol=1e-10, atol=1e-12)
     # and the ascent mattered: two plain SGD steps end elsewhere
     plain = w0 - 0.5 * _ce_grad(w0, x, y)
@@ -223,8 +227,10 @@ def test_sam_settings_are_checked():
     x, y = data()
     net = tiny_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="gsam_alpha needs sam_rho"):
+    with pytest.raises(ValueError, match="gsam_alpha and sam_adaptive need sam_rho"):
         fit_classifier(net, lambda e: [(x, y)], opt, epochs=1, gsam_alpha=0.3)
+    with pytest.raises(ValueError, match="gsam_alpha and sam_adaptive need sam_rho"):
+        fit_classifier(net, lambda e: [(x, y)], opt, epochs=1, sam_adaptive=True)
     with pytest.raises(ValueError, match="finite"):
         fit_classifier(net, lambda e: [(x, y)], opt, epochs=1, sam_rho=float("nan"))
 

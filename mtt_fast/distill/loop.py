@@ -39,6 +39,7 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
+from mtt_fast import distributed
 from mtt_fast.augment import DSAConfig
 from mtt_fast.distill.config import LABEL_MOMENTUM, DistillConfig
 from mtt_fast.distill.registry import method_class
@@ -47,6 +48,7 @@ from mtt_fast.evaluate.metrics import headline_metric
 from mtt_fast.evaluate.protocol import EvalConfig, evaluate_arch
 from mtt_fast.evaluate.selection import max_test_over_evals
 from mtt_fast.experts.store import TrajectoryStore
+from mtt_fast.match.parallel import RankShare
 from mtt_fast.io import (
     append_jsonl,
     load_tensors,
@@ -155,19 +157,29 @@ class Distiller:
                 t["ema_soft_labels"] = self.ema_soft
         info = {"iteration": self.iteration, "best": self.best, "runtime": runtime(self.device),
                 **self.method.checkpoint_extra()}
-        save_tensors(self.out / CHECKPOINT, t, metadata={"checkpoint": json.dumps(info)})
-        (self.out / "checkpoint.json").unlink(missing_ok=True)
+        if distributed.is_main():  # under torchrun every rank holds the same state; rank 0 writes it
+            save_tensors(self.out / CHECKPOINT, t, metadata={"checkpoint": json.dumps(info)})
+            (self.out / "checkpoint.json").unlink(missing_ok=True)
         self.on_checkpoint()
 
-    def _load_checkpoint(self) -> bool:
+    def _read_checkpoint(self) -> tuple[dict, dict] | None:
+        """``(info, tensors)`` of the run's checkpoint, or None when there is none."""
         path = self.out / CHECKPOINT
         if not path.is_file():
-            return False
+            return None
         info = checkpoint_info(path)
         if info is None:  # written before the metadata held it
             info = read_json(self.out / "checkpoint.json", what="checkpoint")
+        return info, load_tensors(path, what="checkpoint")
+
+    def _load_checkpoint(self) -> bool:
+        path = self.out / CHECKPOINT
+        # under torchrun rank 0 reads the checkpoint (whatever world size wrote it) and sends it
+        found = distributed.broadcast_object(self._read_checkpoint() if distributed.is_main() else None)
+        if found is None:
+            return False
+        info, t = found
         self.method.check_resume(info)
-        t = load_tensors(path, what="checkpoint")
         self._fresh_state()
         wanted = [*self.param.learnables(), "syn_lr", "labels", "generator"]
         wanted += ["soft_labels"] if self.soft is not None else []
@@ -236,6 +248,8 @@ class Distiller:
 
     def save_synset(self, out: Path, ema: bool = False) -> None:
         """The synset (rendered images) plus what the parameterization keeps beside it (the raw set's)."""
+        if not distributed.is_main():
+            return
         self.synset(ema).save(out)
         if not ema:
             self.param.save_extra(out)
@@ -265,6 +279,10 @@ class Distiller:
         objective = self.method.objective
         labels = self.labels if self.soft is None else self.soft.detach()
         r = objective(self.param.images(), labels, self.syn_lr, self.gen, iteration=self.iteration)
+        if distributed.active():  # each rank's gradient covers its own images: add them up
+            RankShare.sum(r.grad_images)
+            if r.grad_labels is not None:
+                RankShare.sum(r.grad_labels)
         loss = float(r.loss)
         bad = not math.isfinite(loss) or not torch.isfinite(r.grad_images).all() or not math.isfinite(float(r.grad_lr))
         if bad or (r.grad_labels is not None and not torch.isfinite(r.grad_labels).all()):
@@ -275,6 +293,7 @@ class Distiller:
             rec.update({"skipped": True, "syn_lr": float(self.syn_lr.item()), **r.extra})
         else:
             self.param.backward(r.grad_images)
+            self._same_on_every_rank()
             self.syn_lr.grad = r.grad_lr.reshape(()).to(self.syn_lr.dtype)
             self.param.step()
             self.opt_lr.step()
@@ -292,6 +311,15 @@ class Distiller:
         rec["seconds"] = time.perf_counter() - t0
         rec.update(peak_memory(self.device))
         return rec
+
+    def _same_on_every_rank(self) -> None:
+        """Under torchrun: rank 0's gradients of the learnables for all (a generator's backward on a
+        GPU need not give the same bits on every rank; the replicas must never drift apart)."""
+        if not distributed.active():
+            return
+        for leaf in self.param.learnables().values():
+            if leaf.grad is not None:
+                distributed.broadcast_(leaf.grad)
 
     def _update_ema(self) -> None:
         """``ema = D * ema + (1 - D) * current`` for the images and soft labels (``--ema-images D``)."""
@@ -333,7 +361,8 @@ class Distiller:
             t_ema = ev_ema["extra"]["test"]
             line["ema"] = {"val": ev_ema["mean"], "val_std": ev_ema["std"], "test": t_ema["mean"], "test_std": t_ema["std"]}
             candidates.append((ev_ema["mean"][self.metric], True))
-        append_jsonl(metrics, line)
+        if distributed.is_main():
+            append_jsonl(metrics, line)
         for v, ema in candidates:  # the raw set wins a tie
             if v > self.best["value"]:
                 self.best = {"iteration": it, "value": v, **({"ema": ema} if self.ema_images is not None else {})}
@@ -353,7 +382,8 @@ class Distiller:
             self.log(f"resuming from iteration {self.iteration} in {self.out}")
         else:
             self._fresh_state()
-        _metrics_upto(metrics, self.iteration)  # lines a killed run wrote after its last checkpoint
+        if distributed.is_main():
+            _metrics_upto(metrics, self.iteration)  # lines a killed run wrote after its last checkpoint
         t = cfg.trajectory
         self.log(f"distilling: method {cfg.method}, engine {t.engine}, ipc {cfg.ipc}, N={cfg.syn_steps}, "
                  f"M={t.expert_epochs}, T+={t.max_start_epoch}, device {self.device}")
@@ -365,7 +395,8 @@ class Distiller:
             if self.iteration == cfg.iterations:
                 break
             rec = self.step()
-            append_jsonl(metrics, rec)
+            if distributed.is_main():
+                append_jsonl(metrics, rec)
             if self.iteration == first:
                 self.log(f"iteration {rec['iteration']}: engine {t.engine}, {rec['seconds']:.2f} s, "
                          f"{format_peak_memory(rec)}")
@@ -385,6 +416,11 @@ class Distiller:
         return self._summary(metrics)
 
     def _summary(self, metrics: Path) -> dict:
+        """``summary.json``, written by rank 0 (it alone has the metrics), the same dict on every rank."""
+        summary = self._write_summary(metrics) if distributed.is_main() else None
+        return distributed.broadcast_object(summary)
+
+    def _write_summary(self, metrics: Path) -> dict:
         summary = {"best_iteration": self.best["iteration"], f"best_val_{self.metric}": self.best["value"],
                    "iterations": self.cfg.iterations, "final_syn_lr": float(self.syn_lr.item())}
         if self.ema_images is not None:

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from mtt_fast.augment import uses_fused
 from mtt_fast.distill.options import StartSchedule, layer_mask
 from mtt_fast.errors import UserError
+from mtt_fast.match.parallel import RankShare
 from mtt_fast.match import ENGINES, Student, plan_steps
 from mtt_fast.models import FlatParams, seeded_network
 
@@ -54,7 +55,9 @@ def build_student(store, cfg, device: torch.device) -> Student:
 
         if not fused_block.fused_available(device, torch.float32):
             raise UserError(f"--block-impl fused: {fused_block.unavailable_reason(device, torch.float32)}")
-    return Student.of(store.build_network(block_impl=cfg.block_impl).to(device), aug_impl=cfg.dsa_impl)
+    student = Student.of(store.build_network(block_impl=cfg.block_impl).to(device), aug_impl=cfg.dsa_impl)
+    student.share = RankShare.current()  # under torchrun: this rank's part of every step
+    return student
 
 
 def _takes(fn, name: str) -> bool:
@@ -155,7 +158,7 @@ def dd_objective(student, thetas: list[torch.Tensor], images: torch.Tensor, labe
     for theta, plan, (xr, yr) in zip(thetas, plans, reals):
         th = theta.detach().requires_grad_(True)
         for step in plan:
-            g = torch.autograd.grad(student.step_loss(th, images, labels, step), th, create_graph=True)[0]
+            g = student.step_grad(th, images, labels, step, create_graph=True)
             th = th - lr * g
         total = total + F.cross_entropy(student(th, xr), yr)
     return total / len(thetas)

@@ -142,31 +142,61 @@ def evaluate_arch(
     ``extra`` (``{name: split}``) scores the same networks on more splits too. ``soft_labels``
     (``[n, K]`` logits) makes every network train with soft cross-entropy against
     ``softmax(soft_labels)`` (see :func:`train_on_synset`); None trains on ``labels``, with the
-    same bits as before the argument existed.
+    same bits as before the argument existed. Under torchrun the repeats are spread over the
+    ranks (:func:`evaluate_cells`) and every rank returns the whole result.
 
     Returns:
         ``{"runs": [metrics...], "mean": {...}, "std": {...}}`` (see ``compute_metrics``), plus
         ``"extra": {name: {"mean": ..., "std": ...}}`` when ``extra`` is given.
     """
-    runs = []
-    extra_runs: dict[str, list] = {name: [] for name in (extra or {})}
-    for r in range(repeats):
-        model = train_on_synset(
-            arch, images, labels, channels=images.shape[1], num_classes=len(split.classes),
-            res=images.shape[-1], lr=lr, cfg=cfg, seed=seed + 7919 * r, device=device, progress=progress,
-            soft_labels=soft_labels,
-        )
-        probs = predict_proba(model, split, device)
-        if not torch.isfinite(probs).all():
-            raise UserError(f"evaluation training of {arch} diverged (its predictions are NaN or infinite); "
-                            f"lower --lr (now {lr:g})")
-        runs.append(compute_metrics(probs, split.labels, len(split.classes)))
-        for name, other in (extra or {}).items():
-            extra_runs[name].append(compute_metrics(predict_proba(model, other, device), other.labels,
-                                                    len(other.classes)))
-    out = {"runs": runs, **summarize(runs)}
-    if extra:
-        out["extra"] = {name: summarize(rs) for name, rs in extra_runs.items()}
+    cells = [(arch, lr, r) for r in range(repeats)]
+    return evaluate_cells(cells, images, labels, split, cfg=cfg, seed=seed, device=device, progress=progress,
+                          extra=extra, soft_labels=soft_labels)[arch]
+
+
+def evaluate_cell(arch: str, lr: float, repeat: int, images: torch.Tensor, labels: torch.Tensor, split, *,
+                  cfg: EvalConfig, seed: int, device: torch.device | str = "cpu", progress: bool = False,
+                  extra: dict | None = None, soft_labels: torch.Tensor | None = None) -> tuple[dict, dict]:
+    """One trained network (``repeat`` of ``arch``, seeded ``seed + 7919 * repeat``): its metrics on
+    ``split`` and on each ``extra`` split."""
+    model = train_on_synset(
+        arch, images, labels, channels=images.shape[1], num_classes=len(split.classes),
+        res=images.shape[-1], lr=lr, cfg=cfg, seed=seed + 7919 * repeat, device=device, progress=progress,
+        soft_labels=soft_labels,
+    )
+    probs = predict_proba(model, split, device)
+    if not torch.isfinite(probs).all():
+        raise UserError(f"evaluation training of {arch} diverged (its predictions are NaN or infinite); "
+                        f"lower --lr (now {lr:g})")
+    more = {name: compute_metrics(predict_proba(model, other, device), other.labels, len(other.classes))
+            for name, other in (extra or {}).items()}
+    return compute_metrics(probs, split.labels, len(split.classes)), more
+
+
+def evaluate_cells(cells: list[tuple[str, float, int]], images: torch.Tensor, labels: torch.Tensor, split, *,
+                   cfg: EvalConfig, seed: int, device: torch.device | str = "cpu", progress: bool = False,
+                   extra: dict | None = None, soft_labels: torch.Tensor | None = None) -> dict[str, dict]:
+    """Evaluate ``(arch, lr, repeat)`` cells; returns :func:`evaluate_arch`'s result per architecture.
+
+    Cells are independent (each seeded on its own), so under torchrun rank r trains the cells
+    ``r, r + world, ...`` and every rank receives all of them: the same numbers as one process.
+    """
+    from mtt_fast import distributed
+
+    mine = {i: evaluate_cell(a, lr, r, images, labels, split, cfg=cfg, seed=seed, device=device,
+                             progress=progress, extra=extra, soft_labels=soft_labels)
+            for i, (a, lr, r) in enumerate(cells) if i % distributed.world_size() == distributed.rank()}
+    done: dict[int, tuple[dict, dict]] = {}
+    for part in distributed.all_gather_object(mine):
+        done.update(part)
+    out: dict[str, dict] = {}
+    for arch in dict.fromkeys(a for a, _, _ in cells):
+        idx = [i for i, c in enumerate(cells) if c[0] == arch]
+        runs = [done[i][0] for i in idx]
+        res = {"runs": runs, **summarize(runs)}
+        if extra:
+            res["extra"] = {name: summarize([done[i][1][name] for i in idx]) for name in extra}
+        out[arch] = res
     return out
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mtt_fast.evaluate.metrics import headline_metric
-from mtt_fast.evaluate.protocol import EvalConfig, evaluate_arch
+from mtt_fast.evaluate.protocol import EvalConfig, evaluate_cells
 from mtt_fast.evaluate.tables import results_markdown
 from mtt_fast.io import write_json, write_text
 from mtt_fast.runtime import runtime
@@ -55,13 +55,12 @@ def evaluate_synset(
     data = bundle.split(split)
     metric = headline_metric(bundle.num_classes)
     soft = None if hard_labels else synset.soft_labels
-    results = {}
-    for arch in archs:
-        lr_arch = eval_lr(synset, arch, cfg)
-        r = evaluate_arch(arch, synset.images, synset.labels, data, lr=lr_arch, cfg=cfg, repeats=repeats,
-                          seed=seed, device=device, progress=progress, soft_labels=soft)
-        r["lr"] = lr_arch
-        results[arch] = r
+    lrs = {arch: eval_lr(synset, arch, cfg) for arch in archs}
+    # every (architecture, repeat) cell at once: under torchrun they are spread over the ranks
+    results = evaluate_cells([(a, lrs[a], r) for a in archs for r in range(repeats)], synset.images, synset.labels,
+                             data, cfg=cfg, seed=seed, device=device, progress=progress, soft_labels=soft)
+    for arch, r in results.items():
+        r["lr"] = lrs[arch]
         log(f"{arch}: {metric} {r['mean'][metric]:.2f} ± {r['std'][metric]:.2f}  "
             f"(balanced accuracy {r['mean']['balanced_accuracy']:.2f} ± {r['std']['balanced_accuracy']:.2f})")
     m = synset.meta

@@ -7,14 +7,19 @@ Layout of a store directory::
     expert_000.safetensors    "trajectory": float32 [1, epochs + 1, P] (snapshot 0 = init)
     expert_001.safetensors    ...
 
-A shard is written (atomically) only when its expert has finished, then ``meta.json`` is
-rewritten to list it: a killed ``buffer`` run resumes after the last listed expert.
+A shard is written (atomically) only when its expert has finished, with the expert's record
+(seed, losses, validation scores) in its safetensors metadata; then ``meta.json`` is rewritten
+to list the finished experts 0, 1, ... in order. A killed ``buffer`` run resumes with the
+experts that have no shard yet (a shard written just before the kill is adopted from its own
+record), which is also what lets several ranks train experts at once (one writer per shard).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import json
 
 import torch
 from safetensors import safe_open
@@ -152,8 +157,41 @@ class TrajectoryStore:
             )
 
 
-def write_shard(store_dir: Path, k: int, trajectory: torch.Tensor, meta: dict, record: dict) -> None:
-    """Write expert ``k``'s trajectory ``[E+1, P]``, then list it in ``meta.json``."""
-    save_tensors(store_dir / shard_name(k), {"trajectory": trajectory.unsqueeze(0).float()})
-    meta["experts"].append({"file": shard_name(k), **record})
-    write_json(store_dir / "meta.json", meta)
+def write_shard(store_dir: Path, k: int, trajectory: torch.Tensor, record: dict) -> dict:
+    """Write expert ``k``'s trajectory ``[E+1, P]`` with its record; returns the ``meta.json`` entry."""
+    entry = {"file": shard_name(k), **record}
+    save_tensors(store_dir / shard_name(k), {"trajectory": trajectory.unsqueeze(0).float()},
+                 metadata={"expert": json.dumps(entry)})
+    return entry
+
+
+def shard_record(store_dir: Path, k: int, epochs: int, size: int) -> dict | None:
+    """The ``meta.json`` entry of expert ``k`` from its finished shard, or None (no shard, an
+    older shard without a record, or one that does not hold ``[1, epochs + 1, size]``)."""
+    f = store_dir / shard_name(k)
+    if not f.is_file():
+        return None
+    try:
+        with safe_open(str(f), framework="pt") as h:
+            meta = h.metadata() or {}
+            shape = list(h.get_slice("trajectory").get_shape())
+        entry = json.loads(meta["expert"])
+    except Exception:  # noqa: BLE001 - anything unreadable is simply trained again
+        return None
+    if shape != [1, epochs + 1, size] or entry.get("file") != shard_name(k):
+        return None
+    with open(f, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+    if f.stat().st_size < 8 + header_len + 4 * (epochs + 1) * size:
+        return None
+    return entry
+
+
+def list_finished(store_dir: Path, meta: dict, records: dict[int, dict], *, write: bool = True) -> None:
+    """List the longest run of finished experts 0, 1, ... in ``meta`` and (``write``) in
+    ``meta.json`` (rewritten atomically)."""
+    meta["experts"] = []
+    while len(meta["experts"]) in records:
+        meta["experts"].append(records[len(meta["experts"])])
+    if write:
+        write_json(store_dir / "meta.json", meta)

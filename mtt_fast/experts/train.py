@@ -3,7 +3,7 @@
 As the MTT reference's ``buffer.py``: SGD (lr 0.01, no momentum, no weight decay), batch 256,
 DSA on every batch, a snapshot of all parameters at initialization and after every epoch.
 ``sam_rho > 0`` trains sharpness-aware experts as FTD does (Du et al. 2023: flatter expert
-trajectories; FTD uses GSAM with rho 0.01 and alpha 0.3): see :mod:`mtt_fast.fit`.
+trajectories; FTD's script uses adaptive GSAM with rho 0.01 and alpha 0.3): see :mod:`mtt_fast.fit`.
 Snapshots are copies (``FlatParams.flatten`` concatenates into a new tensor), never views of
 the live parameters the optimizer updates in place.
 """
@@ -19,7 +19,8 @@ import torch
 from mtt_fast.augment import DSAConfig
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.metrics import compute_metrics, predict_proba
-from mtt_fast.experts.store import STORE_FORMAT, STORE_VERSION, write_shard
+from mtt_fast import distributed
+from mtt_fast.experts.store import STORE_FORMAT, STORE_VERSION, list_finished, shard_record, write_shard
 from mtt_fast.fit import fit_classifier
 from mtt_fast.io import read_json
 from mtt_fast.models import FlatParams, get_network, seeded_network
@@ -49,6 +50,8 @@ class ExpertConfig:
     sam_rho: float = 0.0
     #: GSAM's surrogate-gap weight (0: plain SAM); needs ``sam_rho > 0``.
     gsam_alpha: float = 0.0
+    #: ASAM's per-weight ascent rho * w^2 g / ||w g|| (FTD's buffer script's default); needs ``sam_rho > 0``.
+    sam_adaptive: bool = False
 
 
 def limit_per_class(split, n: int | None, generator: torch.Generator):
@@ -116,21 +119,43 @@ def train_experts(
             "runtime": runtime(device),
             "experts": [],
         }
-    done = len(meta["experts"])
-    if done:
-        log(f"resuming: {done} of {cfg.num_experts} experts already in {out}")
+    records = {k: e for k, e in enumerate(meta["experts"])}
+    for k in range(len(records), cfg.num_experts):  # shards a killed run finished but had not listed yet
+        entry = shard_record(out, k, cfg.epochs, layout.size)
+        if entry is not None:
+            records[k] = entry
+    if records:
+        log(f"resuming: {len(records)} of {cfg.num_experts} experts already in {out}")
         changed = differences(meta.get("runtime"), device)
         if changed:
             log(f"warning: the experts in {out} were trained with another runtime ({changed}); the new ones "
                 f"will not be bit-identical to an uninterrupted run's")
-    for k in range(done, cfg.num_experts):
-        seed = cfg.seed * 100003 + k
-        net, snaps, losses = _train_expert(k, seed, bundle, train, cfg, dsa, layout, device=device,
-                                           transform=transform, progress=progress)
-        m = compute_metrics(predict_proba(net, val, device), val.labels, bundle.num_classes)
-        record = {"seed": seed, "train_loss": losses, "val_accuracy": m["accuracy"], "val_auc": m["auc"]}
-        write_shard(out, k, torch.stack(snaps), meta, record)
-        log(f"expert {k + 1}/{cfg.num_experts}: val accuracy {m['accuracy']:.2f}%  (train loss {losses[-1]:.3f})")
+    todo = [k for k in range(cfg.num_experts) if k not in records]
+    world, me = distributed.world_size(), distributed.rank()
+    if world > 1:
+        log(f"training {len(todo)} experts on {world} ranks (expert k on rank k mod {world})")
+    # rounds: in round j rank r trains todo[j * world + r]; then rank 0 lists the round's experts
+    for j in range(0, len(todo), world):
+        mine = todo[j + me] if j + me < len(todo) else None
+        entry = None
+        if mine is not None:
+            k = mine
+            seed = cfg.seed * 100003 + k
+            net, snaps, losses = _train_expert(k, seed, bundle, train, cfg, dsa, layout, device=device,
+                                               transform=transform, progress=progress)
+            m = compute_metrics(predict_proba(net, val, device), val.labels, bundle.num_classes)
+            record = {"seed": seed, "train_loss": losses, "val_accuracy": m["accuracy"], "val_auc": m["auc"]}
+            entry = write_shard(out, k, torch.stack(snaps), record)
+        for k, e in distributed.all_gather_object((mine, entry)):
+            if k is not None:
+                records[k] = e
+        list_finished(out, meta, records, write=distributed.is_main())
+        for k in todo[j:j + world]:
+            e = records[k]
+            log(f"expert {k + 1}/{cfg.num_experts}: val accuracy {e['val_accuracy']:.2f}%  "
+                f"(train loss {e['train_loss'][-1]:.3f})")
+    if not todo:
+        list_finished(out, meta, records, write=distributed.is_main())
     return meta
 
 
@@ -148,5 +173,6 @@ def _train_expert(k: int, seed: int, bundle, train, cfg: ExpertConfig, dsa: DSAC
         opt, epochs=cfg.epochs, dsa=dsa, dsa_impl=cfg.dsa_impl, generator=gen,
         on_epoch=lambda epoch, loss: snaps.append(layout.flatten(net).cpu()),
         diverged=lambda loss: f"expert {k} training loss became {loss} (lower --lr, now {cfg.lr})",
-        progress=progress, desc=f"expert {k + 1}/{cfg.num_experts}", sam_rho=cfg.sam_rho, gsam_alpha=cfg.gsam_alpha)
+        progress=progress, desc=f"expert {k + 1}/{cfg.num_experts}", sam_rho=cfg.sam_rho, gsam_alpha=cfg.gsam_alpha,
+        sam_adaptive=cfg.sam_adaptive)
     return net, snaps, losses

@@ -76,7 +76,7 @@ def ada_params(p: float, shape: tuple[int, int, int, int], gen: torch.Generator,
     if "crop_shift" in v:
         out["crop_shift"] = torch.where(col["translate"].view(b, 1), v["crop_shift"], 0)
     if "brightness" in v:
-        m = lambda name: col[name].view(b, 1, 1, 1)  # noqa: E731
+        m = lambda name: col[name].view(b, 1, 1, 1)
         out["brightness"] = torch.where(m("brightness"), v["brightness"], 0.0)
         out["saturation"] = torch.where(m("saturation"), v["saturation"], 1.0)
         out["contrast"] = torch.where(m("contrast"), v["contrast"], 1.0)

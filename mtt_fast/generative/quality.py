@@ -318,7 +318,7 @@ def feature_quality(gen_feats: torch.Tensor, gen_labels: torch.Tensor, real_feat
         if math.isfinite(dg[-1]) and math.isfinite(dr[-1]) and dr[-1] > 0:
             ratio.append(dg[-1] / dr[-1])
     defined = [k for k in kid if k is not None]
-    nan_to_none = lambda v: v if math.isfinite(v) else None  # noqa: E731 - JSON has no NaN in strict readers
+    nan_to_none = lambda v: v if math.isfinite(v) else None
     return {"kid": sum(defined) / len(defined) if defined else None, "kid_per_class": kid,
             "diversity_gen": [nan_to_none(v) for v in dg], "diversity_real": [nan_to_none(v) for v in dr],
             "diversity_ratio": sum(ratio) / len(ratio) if ratio else None}

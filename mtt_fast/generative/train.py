@@ -9,11 +9,17 @@ StyleGAN2-style recipe, shrunk for small images and CPUs:
   over the first images (``ema_rampup``), as StyleGAN2-ADA;
 * class-balanced real batches (a class uniformly, then an image of it: medical sets are
   imbalanced) and uniformly drawn fake labels;
-* DiffAugment: the repo's differentiable augmentation (:mod:`mtt_fast.augment`, default
-  translation + cutout + color, all applied) on real AND fake images before D, with
-  independent draws for both, from one explicit ``torch.Generator``.
+* augmentation of real AND fake images before D (independent draws for both, from one
+  explicit ``torch.Generator``): by default ADA (:mod:`mtt_fast.generative.ada`: the DSA ops,
+  each applied per image with a probability p tuned online so that E[sign(D(real))] stays
+  near 0.6); ``augment="diffaug"`` is the recipe before ADA (DiffAugment: the ``aug`` DSA ops,
+  default translation + cutout + color, always applied);
+* style mixing (probability ``mixing_prob``, 0.9 by default) and a per-class average style
+  ``w_avg`` for the truncation trick (``gan sample --truncation``).
 
-Outputs in ``out``: ``generator.safetensors`` + ``generator.json`` (the EMA generator), a
+Outputs in ``out``: ``generator.safetensors`` + ``generator.json`` (the EMA generator; with
+``generator.w_avg.safetensors``), ``generator_best.*`` (the quality step with the lowest mean
+kernel distance), a
 resumable ``checkpoint.safetensors`` (+ ``checkpoint.json`` for people; the truth is the
 safetensors metadata), ``samples_<step>.png``, ``metrics.jsonl`` and the quality
 classifier. Only safetensors and JSON: nothing is unpickled.
@@ -22,7 +28,8 @@ Where the parts live: :mod:`~mtt_fast.generative.config` (``GANConfig``),
 :mod:`~mtt_fast.generative.trainer` (``GANTrainer``: the step, quality, samples, resume),
 :mod:`~mtt_fast.generative.recipe` (EMA, R1, balanced sampling),
 :mod:`~mtt_fast.generative.checkpoint` (the checkpoint and generator files),
-:mod:`~mtt_fast.generative.quality` (class consistency). This module keeps the entry point
+:mod:`~mtt_fast.generative.quality` (class consistency, kernel distance, diversity),
+:mod:`~mtt_fast.generative.ada` (ADA), :mod:`~mtt_fast.generative.sample` (``gan sample``). This module keeps the entry point
 :func:`train_gan` and re-exports the names it always had.
 """
 

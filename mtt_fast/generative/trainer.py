@@ -33,12 +33,17 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from mtt_fast.augment import DSAConfig, apply, sample_params
-from mtt_fast.generative.ada import ADAController, ada_dsa_config, ada_params
 from mtt_fast.errors import UserError
 from mtt_fast.experts.train import limit_per_class
+from mtt_fast.generative.ada import ADAController, ada_dsa_config, ada_params
 from mtt_fast.generative.checkpoint import load_checkpoint, save_checkpoint, save_generator
 from mtt_fast.generative.config import BEST_RULE, GANConfig
-from mtt_fast.generative.quality import feature_quality, judge_generated, load_or_train_classifier, real_features
+from mtt_fast.generative.quality import (
+    feature_quality,
+    judge_generated,
+    load_or_train_classifier,
+    real_features,
+)
 from mtt_fast.generative.recipe import (
     BalancedSampler,
     ema_beta,

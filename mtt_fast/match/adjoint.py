@@ -66,7 +66,7 @@ def graph_free_step(student: Student, theta: torch.Tensor, x0: torch.Tensor, y0:
     """One student SGD step without keeping a graph: ``theta - lr * grad CE(theta)``, detached."""
     with torch.enable_grad():
         th = theta.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(student.step_loss(th, x0, y0, step), th)
+        g = student.step_grad(th, x0, y0, step)
     return (theta.detach() - lr * g).detach()
 
 
@@ -88,7 +88,7 @@ def reverse_steps(student: Student, history: _History, lam: torch.Tensor, x0: to
             th = history.get(i).clone().requires_grad_(True)
             x = x0.detach().requires_grad_(True)
             y = y0.detach().requires_grad_(True) if soft else y0
-            (g,) = torch.autograd.grad(student.step_loss(th, x, y, step), th, create_graph=True)
+            g = student.step_grad(th, x, y, step, create_graph=True)
             s = torch.dot(lam, g)
             wrt = (x, y) if soft else (x,)
             out = torch.autograd.grad(s, (*wrt, th) if exact else wrt)

@@ -208,13 +208,16 @@ def match_auto(student: Student, theta_start: torch.Tensor, theta_target: torch.
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
     with torch.enable_grad(), SavedBytes(exclude=(x0, y0, theta_start)) as saved:
-        (g,) = torch.autograd.grad(student.step_loss(theta0, x, y, plan[0]), theta0, create_graph=True)
+        g = student.step_grad(theta0, x, y, plan[0], create_graph=True)
         theta = theta0 - lrg * g
     measured = saved.total
     if cuda:
         torch.cuda.synchronize(device)
         measured = max(measured, torch.cuda.memory_allocated(device) - before)
-    bytes0 = int(STEP_BYTES_MARGIN * measured)
+    # under torchrun every rank must split the unroll at the same step: the largest measurement
+    # and the smallest budget of all ranks decide
+    bytes0 = int(STEP_BYTES_MARGIN * student.agree_max(measured))
+    budget = -int(student.agree_max(-budget))
     b0 = max(len(plan[0].indices), 1)
     step_bytes = [int(bytes0 * len(s.indices) / b0) for s in plan]
     hist_bytes = 0 if (offload and cuda) else theta_start.numel() * theta_start.element_size()
@@ -240,7 +243,7 @@ def match_auto(student: Student, theta_start: torch.Tensor, theta_target: torch.
         seg_start = theta0
     with torch.enable_grad():
         for i in range(max(k, 1), n):  # the kept tail
-            (g,) = torch.autograd.grad(student.step_loss(theta, x, y, plan[i]), theta, create_graph=True)
+            g = student.step_grad(theta, x, y, plan[i], create_graph=True)
             theta = theta - lrg * g
         theta_end = theta.detach()
         loss = masked_trajectory_loss(theta, theta_target.detach(), theta_start.detach(), loss_mask)

@@ -49,8 +49,7 @@ def match_full(
     lr = syn_lr.detach().requires_grad_(True)
     theta = theta_start.detach().clone().requires_grad_(True)
     for step in plan:
-        ce = student.step_loss(theta, x, y, step)
-        (g,) = torch.autograd.grad(ce, theta, create_graph=True)
+        g = student.step_grad(theta, x, y, step, create_graph=True)
         theta = theta - lr * g
     loss = masked_trajectory_loss(theta, theta_target.detach(), theta_start.detach(), loss_mask)
     grads = torch.autograd.grad(loss, (x, lr, y) if soft else (x, lr))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from mtt_fast import distributed
 from mtt_fast.augment import DSAConfig
 from mtt_fast.errors import UserError
 
@@ -25,33 +27,50 @@ class DataOptions:
 
 def load_bundle(data: DataOptions, *, seed: int, progress: bool, check_splits: bool = True):
     """The dataset with its train/val/test split (split drawn from ``seed``); ``check_splits``
-    False only to look at a dataset (``data stats``): every stage needs every class in every split."""
+    False only to look at a dataset (``data stats``): every stage needs every class in every split.
+    Under torchrun each node's first rank decodes into the cache before the others read it."""
     from mtt_fast.data import load_dataset
 
-    return load_dataset(data.dataset, data.data_root, data.res, seed=seed, options=data.options,
-                        cache_dir=data.cache_dir, normalization=data.normalization, progress=progress,
-                        check_splits=check_splits)
+    with distributed.local_leader_first():
+        return load_dataset(data.dataset, data.data_root, data.res, seed=seed, options=data.options,
+                            cache_dir=data.cache_dir, normalization=data.normalization, progress=progress,
+                            check_splits=check_splits)
 
 
 def bundle_from_meta(meta: dict, data_root: str | None, progress: bool):
     """The dataset a store or synset recorded (``data_root``: where it lives now, if it moved)."""
     from mtt_fast.data import load_dataset_from_meta
 
-    return load_dataset_from_meta(meta, root=data_root, progress=progress)
+    with distributed.local_leader_first():
+        return load_dataset_from_meta(meta, root=data_root, progress=progress)
+
+
+def quiet_unless_main(log: Callable[[str], None], progress: bool) -> tuple[Callable[[str], None], bool]:
+    """Under torchrun only rank 0 prints messages and progress bars (one copy of each)."""
+    return distributed.main_only(log), progress and distributed.global_rank() == 0
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto`` -> cuda when a GPU is visible, else cpu; a clear error for a missing GPU."""
+    """``auto`` -> cuda when a GPU is visible, else cpu; a clear error for a missing GPU.
+
+    Under torchrun (``WORLD_SIZE`` > 1) this is also where a stage joins the process group
+    (:func:`mtt_fast.distributed.init`, gloo for cpu, nccl for cuda) and where ``cuda`` becomes
+    this rank's GPU (``cuda:LOCAL_RANK``).
+    """
     if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch")
+        dev = name
+    elif name == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch")
+    if distributed.env_world_size() > 1:
+        distributed.init(device_type=dev.type)
+        dev = distributed.device_for(dev)
     return dev
 
 

@@ -12,7 +12,7 @@ from mtt_fast.distill.options import StartSchedule, parse_bytes
 from mtt_fast.errors import UserError
 from mtt_fast.experts import TrajectoryStore
 from mtt_fast.rundir import finished, open_run
-from mtt_fast.stages.common import at_least_one, bundle_from_meta, positive, resolve_device
+from mtt_fast.stages.common import at_least_one, bundle_from_meta, positive, quiet_unless_main, resolve_device
 
 
 @dataclass
@@ -78,6 +78,7 @@ def run_distill(stage: DistillStage, out: str | Path, *, overwrite: bool = False
     """
     out = Path(out)
     dev = resolve_device(device)
+    log, progress = quiet_unless_main(log, progress)
     cfg = validate(stage.distill)
     store = TrajectoryStore.open(stage.buffer)
     if method_class(cfg.method).uses_trajectories:

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from mtt_fast.distributed import is_main
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.protocol import EvalConfig
 from mtt_fast.evaluate.run import evaluate_synset, write_results
 from mtt_fast.models import get_network
 from mtt_fast.rundir import finished, open_run
-from mtt_fast.stages.common import at_least_one, bundle_from_meta, positive, resolve_device
+from mtt_fast.stages.common import at_least_one, bundle_from_meta, positive, quiet_unless_main, resolve_device
 from mtt_fast.synth import Synset
 
 
@@ -39,6 +40,7 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
 
     out = Path(out)
     dev = resolve_device(device)
+    log, progress = quiet_unless_main(log, progress)
     if not stage.archs:
         raise UserError("--archs: name at least one architecture")
     for a in stage.archs:
@@ -69,7 +71,8 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
         results = evaluate_synset(synset, bundle, list(stage.archs), cfg, repeats=stage.repeats, split=stage.split,
                                   seed=stage.seed, device=dev, progress=progress, log=log,
                                   hard_labels=stage.hard_labels)
-        write_results(out, results, label or f"{m.get('method')}" + (" (soft)" if soft else ""))
+        if is_main():
+            write_results(out, results, label or f"{m.get('method')}" + (" (soft)" if soft else ""))
         run.complete()
     log(f"results in {out / 'results.json'} and {out / 'results.md'}")
     return results

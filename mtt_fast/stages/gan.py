@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from mtt_fast import distributed
+from mtt_fast.errors import UserError
 from mtt_fast.generative import GANConfig, train_gan
 from mtt_fast.generative.config import legacy_defaults
 from mtt_fast.rundir import finished, open_run
@@ -28,6 +30,9 @@ def run_gan(stage: GanStage, out: str | Path, *, overwrite: bool = False, device
     """Train (or resume) the generator in ``out``; returns ``train_gan``'s result (None if already finished)."""
     out = Path(out)
     dev = resolve_device(device)
+    if distributed.active():
+        raise UserError("gan train does not run under torchrun yet (no DistributedDataParallel in the GAN trainer); "
+                        "run it as one process (it needs one GPU), then distill under torchrun")
     at_least_one(num_threads=stage.num_threads)
     if stage.num_threads is not None:
         torch.set_num_threads(stage.num_threads)

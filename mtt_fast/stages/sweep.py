@@ -58,12 +58,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from mtt_fast import distributed
 from mtt_fast.distill import DistillConfig
 from mtt_fast.errors import UserError
 from mtt_fast.experts import TrajectoryStore
 from mtt_fast.io import read_json, read_yaml, write_json, write_text
 from mtt_fast.rundir import hold
-from mtt_fast.stages.common import dsa_dict
+from mtt_fast.stages.common import dsa_dict, resolve_device
 from mtt_fast.stages.distill import DistillStage, run_distill
 
 _COMMON = {"method": "glad", "max_start_epoch": 1, "syn_steps": 50, "expert_epochs": 2, "iterations": 3000,
@@ -254,21 +255,38 @@ def run_sweep(grid: str | Path, out: str | Path, *, preset: str | None = None, d
     if "buffer" not in base and not all("buffer" in p for p in points):
         raise UserError(f"{grid}: set buffer (the trajectory store) under base:")
     stages = {point_name(p): point_stage({**base, **p}) for p in points}  # every point parses before any runs
-    with hold(out) as owned:
+    device = resolve_device(device)  # under torchrun: joins the process group
+    world, me = distributed.world_size(), distributed.rank()
+    owned = hold(out) if distributed.is_main() else None  # rank 0 owns the sweep folder
+    distributed.barrier()
+    try:
         statuses = {}
+        # under torchrun the points are spread over the ranks; each runs its points as one process
         for i, (name, stage) in enumerate(stages.items()):
-            log(f"[{i + 1}/{len(points)}] {name}")
+            if i % world != me:
+                continue
+            log(f"[{i + 1}/{len(points)}] {name}" + (f" (rank {me})" if world > 1 else ""))
             try:
-                run_distill(stage, out / name, device=device, progress=progress, log=log)
+                with distributed.solo():
+                    run_distill(stage, out / name, device=device, progress=progress and me == 0,
+                                log=log if me == 0 else (lambda m: None))
                 statuses[name] = "complete" if (out / name / "COMPLETE").exists() else "incomplete"
             except UserError as e:  # one diverging point must not end the sweep
                 statuses[name] = f"failed: {e}"
                 log(f"  failed: {e}")
+        for part in distributed.all_gather_object(statuses):
+            statuses.update(part)
+        if owned is None:
+            return distributed.broadcast_object(None)
         summary = summarize(out, base, points, statuses)
         log((out / "summary.md").read_text())
+        distributed.broadcast_object(summary)
         if all(r["status"] == "complete" for r in summary["rows"]):
             owned.complete()
         else:
             raise UserError(f"{sum(r['status'] != 'complete' for r in summary['rows'])} of {len(points)} points did "
                             f"not finish; see {out / 'summary.md'} (rerun to resume)")
+    finally:
+        if owned is not None:
+            owned.close(failed=False)
     return summary

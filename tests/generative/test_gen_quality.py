@@ -21,7 +21,7 @@ from mtt_fast.generative.quality import (
 def _direct_mmd2(x, y):
     """Unbiased MMD^2 with k(a, b) = (a.b/d + 1)^3, written as plain loops over the pairs."""
     d = len(x[0])
-    k = lambda a, b: (sum(ai * bi for ai, bi in zip(a, b)) / d + 1) ** 3  # noqa: E731
+    k = lambda a, b: (sum(ai * bi for ai, bi in zip(a, b)) / d + 1) ** 3
     m, n = len(x), len(y)
     sxx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     syy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))

@@ -1,0 +1,377 @@
+"""Issue 17's study: ADA vs today's GAN recipe, then GLaD vs pixel MTT vs random real (Fashion-MNIST, 28 px).
+
+    python benchmarks/glad_study.py --out /tmp/glad_study --jobs 2            # the study
+    python benchmarks/glad_study.py --out /tmp/glad_study_quick --quick --jobs 2   # a few minutes: the plumbing
+    python benchmarks/glad_study.py --out /tmp/glad_study --report-only     # the report from finished cells
+
+What it runs (every cell is one `mtt-fast` command in its own process with ONE CPU thread, its own
+resumable run directory under ``--out`` and a log in ``--out/logs/``; ``--jobs`` cells run at once;
+a killed study resumes where it stopped, a finished cell is a no-op):
+
+1. ``buffer``: experts at 28 px (ConvNet-D3, width 32; the demo's settings otherwise);
+2. generators, the same CPU budget (``--gan-steps`` steps, batch 32) for both recipes:
+   ``gan_ada`` (``--augment ada``, style mixing 0.9: the new default) and ``gan_diffaug``
+   (``--augment diffaug --style-mixing 0``: the recipe before), on all training images; and the
+   limited-data pair ``gan_ada_limited`` / ``gan_diffaug_limited`` on ``--limited`` images per
+   class, quality numbers (class consistency, kernel distance, diversity; see
+   ``mtt_fast/generative/quality.py``) every ``quality_every`` steps;
+3. the GLaD generator is the full-data one with the lower best mean kernel distance (measured
+   on validation images), its ``generator_best.json``;
+4. distillation at each ipc: random real, pixel MTT (the demo's settings) and the GLaD grid
+   (space wp / w x layer -1 / 0 / 1, MTT's settings plus ``GLAD``); the grid point with the
+   best validation score is the GLaD row (no test numbers are looked at to choose);
+5. evaluation on the 10,000 test images: every synset on every ``--archs`` architecture,
+   ``--repeats`` networks, ``--eval-epochs`` epochs; ConvNet is the backbone, the others unseen.
+
+The report: ``benchmarks/results/glad_study.{md,json}`` (``--quick``: ``glad_study_quick.*``, a
+plumbing check whose numbers mean nothing) and the generators' last sample grids in
+``benchmarks/results/glad_study_grids/`` (``glad_study_quick_grids/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import source_commit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+
+#: the study's settings (CPU scale, not the paper's); --quick overrides them with QUICK
+FULL: dict = {
+    "res": 28,
+    "data": [],
+    "experts": {"arch": "convnet", "width": 32, "depth": 3, "num_experts": 3, "epochs": 3, "lr": 0.03,
+                "batch_size": 256, "max_train_per_class": None},
+    "gan": {"batch_size": 32, "quality_every": 250, "quality_samples": 100, "sample_every": 500,
+            "checkpoint_every": 250, "log_every": 50, "classifier_epochs": 2, "max_train_per_class": None},
+    "gan_steps": 3000,
+    "limited": 500,
+    "distill": {
+        1: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 2, "iterations": 300, "lr_img": 1000.0,
+            "lr_lr": 1e-5},
+        10: {"syn_steps": 10, "expert_epochs": 2, "max_start_epoch": 2, "iterations": 300, "lr_img": 100.0,
+             "lr_lr": 1e-5},
+    },
+    "distill_eval": {"eval_it": 100, "eval_epochs": 150, "eval_repeats": 1},
+    "glad": {"lr_w": 1.0, "lr_img": 100.0},
+    "glad_grid": [("wp", -1), ("wp", 0), ("wp", 1), ("w", -1), ("w", 0), ("w", 1)],
+    "eval": {"epochs": 300, "repeats": 3, "archs": ["convnet", "alexnet", "vgg11", "resnet18"]},
+}
+QUICK: dict = {
+    **FULL,
+    "data": ["--data-option", "val_size=500"],
+    "experts": {**FULL["experts"], "num_experts": 2, "epochs": 2, "max_train_per_class": 100},
+    "gan": {**FULL["gan"], "quality_every": 10, "quality_samples": 10, "sample_every": 20, "checkpoint_every": 10,
+            "log_every": 5, "classifier_epochs": 1, "max_train_per_class": 100},
+    "gan_steps": 20,
+    "limited": 20,
+    "distill": {ipc: {**kw, "iterations": 4, "syn_steps": 4, "expert_epochs": 1, "max_start_epoch": 1}
+                for ipc, kw in FULL["distill"].items()},
+    "distill_eval": {"eval_it": 2, "eval_epochs": 3, "eval_repeats": 1},
+    "glad_grid": [("wp", -1), ("w", 0)],
+    "eval": {"epochs": 3, "repeats": 1, "archs": ["convnet", "alexnet"]},
+}
+GAN_RECIPES = {"ada": ["--augment", "ada"], "diffaug": ["--augment", "diffaug", "--style-mixing", "0"]}
+
+
+def _opts(d: dict) -> list[str]:
+    """``{"lr_img": 100}`` -> ``["--lr-img", "100"]`` (None values left out)."""
+    out = []
+    for k, v in d.items():
+        if v is not None:
+            out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+class Cell:
+    """One resumable command: ``argv(study)`` is built when its ``deps`` have finished."""
+
+    def __init__(self, name: str, out: Path, deps: list[str], argv) -> None:
+        self.name, self.out, self.deps, self.argv = name, out, deps, argv
+
+    def done(self) -> bool:
+        return (self.out / "COMPLETE").is_file()
+
+
+class Study:
+    """The cells of the study (see the module docstring) and what they are chosen from."""
+
+    def __init__(self, out: Path, s: dict, ipcs: list[int], seed: int) -> None:
+        self.out, self.s, self.ipcs, self.seed = out, s, ipcs, seed
+        self.data = ["--dataset", "fashion-mnist", "--res", str(s["res"]), *s["data"]]
+        common = ["--seed", str(seed), "--no-progress", "--device", "cpu"]
+        cells = [Cell("buffer", out / "buffer", [], lambda: ["buffer", *self.data, *_opts(s["experts"]), *common,
+                                                             "--out", out / "buffer"])]
+        for recipe, flags in GAN_RECIPES.items():
+            for limited in (False, True):
+                name = f"gan_{recipe}" + ("_limited" if limited else "")
+                g = {**s["gan"], "steps": s["gan_steps"]}
+                if limited:
+                    g["max_train_per_class"] = s["limited"]
+                cells.append(Cell(name, out / name, [], lambda g=g, flags=flags, name=name: [
+                    "gan", "train", *self.data, *_opts(g), *flags, "--num-threads", "1", *common, "--out", out / name]))
+        for ipc in ipcs:
+            kw = {**s["distill"][ipc], **s["distill_eval"]}
+            base = ["distill", "--buffer", out / "buffer", "--ipc", str(ipc), *common]
+            cells.append(Cell(f"random_ipc{ipc}", out / f"random_ipc{ipc}", ["buffer"],
+                              lambda base=base, ipc=ipc: [*base, "--method", "random", "--out", out / f"random_ipc{ipc}"]))
+            cells.append(Cell(f"mtt_ipc{ipc}", out / f"mtt_ipc{ipc}", ["buffer"],
+                              lambda base=base, kw=kw, ipc=ipc: [*base, "--method", "mtt", *_opts(kw),
+                                                                 "--out", out / f"mtt_ipc{ipc}"]))
+            for space, layer in s["glad_grid"]:
+                name = f"glad_ipc{ipc}_{space}_l{layer}"
+                gkw = {**kw, **s["glad"], "space": space, "layer": layer}
+                cells.append(Cell(name, out / name, ["buffer", "gan_ada", "gan_diffaug"],
+                                  lambda base=base, gkw=gkw, name=name: [
+                                      *base, "--method", "glad", "--generator", self.generator(), *_opts(gkw),
+                                      "--out", out / name]))
+        for ipc in ipcs:
+            grid = [f"glad_ipc{ipc}_{sp}_l{la}" for sp, la in s["glad_grid"]]
+            for method in ("random", "mtt", "glad"):
+                for arch in s["eval"]["archs"]:
+                    name = f"eval_{method}_ipc{ipc}_{arch}"
+                    deps = grid if method == "glad" else [f"{method}_ipc{ipc}"]
+                    cells.append(Cell(name, out / "eval" / f"{method}_ipc{ipc}" / arch, deps,
+                                      lambda method=method, ipc=ipc, arch=arch, name=name: [
+                                          "eval", "--synset", self.synset(method, ipc), "--archs", arch,
+                                          "--repeats", str(s["eval"]["repeats"]), "--epochs", str(s["eval"]["epochs"]),
+                                          *common, "--out", out / "eval" / f"{method}_ipc{ipc}" / arch]))
+        self.cells = {c.name: c for c in cells}
+
+    # ------------------------------------------------------------------ choices (validation only)
+    def best_kid(self, name: str) -> float | None:
+        kids = [r["kid"] for r in _jsonl(self.out / name / "metrics.jsonl") if r.get("kid") is not None]
+        return min(kids) if kids else None
+
+    def generator(self) -> str:
+        """The full-data generator with the lower best mean kernel distance (ties: ADA), its best checkpoint."""
+        kids = {r: self.best_kid(f"gan_{r}") for r in GAN_RECIPES}
+        pick = min(GAN_RECIPES, key=lambda r: (kids[r] is None, kids[r] if kids[r] is not None else 0.0))
+        return str((self.out / f"gan_{pick}" / "generator_best.json").resolve())
+
+    def glad_choice(self, ipc: int) -> tuple[str | None, list[dict]]:
+        """The GLaD grid point with the best validation score at ``ipc`` and every point's score."""
+        rows = []
+        for space, layer in self.s["glad_grid"]:
+            name = f"glad_ipc{ipc}_{space}_l{layer}"
+            summ = _read(self.out / name / "summary.json") or {}
+            val = next((v for k, v in summ.items() if k.startswith("best_val_")), None)
+            rows.append({"run": name, "space": space, "layer": layer, "best_val": val,
+                         "best_iteration": summ.get("best_iteration")})
+        scored = [r for r in rows if r["best_val"] is not None]
+        return (max(scored, key=lambda r: r["best_val"])["run"] if scored else None), rows
+
+    def synset(self, method: str, ipc: int) -> Path:
+        if method == "glad":
+            return self.out / self.glad_choice(ipc)[0]
+        return self.out / f"{method}_ipc{ipc}"
+
+    # ------------------------------------------------------------------ running
+    def run(self, jobs: int) -> None:
+        """Run every unfinished cell whose dependencies are done, ``jobs`` at a time."""
+        logs = self.out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        times = _read(self.out / "times.json") or {}
+        pending = [c for c in self.cells.values() if not c.done()]
+        running: dict[str, tuple[subprocess.Popen, float]] = {}
+        log_files: dict[str, object] = {}
+        failed: list[str] = []
+        while pending or running:
+            for name, (proc, t0) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[name]
+                    log_files.pop(name).close()
+                    if proc.returncode == 0 and self.cells[name].done():
+                        times[name] = time.perf_counter() - t0
+                        (self.out / "times.json").write_text(json.dumps(times, indent=1))
+                        print(f"done   {name} ({times[name]:.0f} s)", flush=True)
+                    else:
+                        failed.append(name)
+                        print(f"FAILED {name} (exit {proc.returncode}; see {logs / (name + '.log')})", flush=True)
+            blocked = set(failed)
+            ready = [c for c in pending if all(self.cells[d].done() for d in c.deps)]
+            pending = [c for c in pending if not any(d in blocked for d in c.deps)]
+            for c in ready:
+                if len(running) >= jobs:
+                    break
+                pending.remove(c)
+                argv = [sys.executable, "-m", "mtt_fast.cli.main", *[str(a) for a in c.argv()]]
+                log = log_files[c.name] = open(logs / f"{c.name}.log", "a")  # noqa: SIM115 - closed when it ends
+                log.write(" ".join(argv) + "\n")
+                log.flush()
+                running[c.name] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO),
+                                   time.perf_counter())
+                print(f"start  {c.name}", flush=True)
+            if not ready and not running and pending:
+                print(f"cannot run {[c.name for c in pending]}: a dependency failed", flush=True)
+                break
+            time.sleep(0.5)
+        if failed:
+            print(f"{len(failed)} cells failed: {failed}; rerun the same command to retry them", flush=True)
+
+    # ------------------------------------------------------------------ the report
+    def gan_record(self, name: str) -> dict:
+        d = self.out / name
+        recs = _jsonl(d / "metrics.jsonl")
+        q = [r for r in recs if "class_consistency" in r]
+        best = _read(d / "generator_best.json") or {}
+        ps = [r["augment_p"] for r in recs if "augment_p" in r]
+        last = q[-1] if q else {}
+        return {"run": name, "done": (d / "COMPLETE").is_file(), "steps": recs[-1]["step"] if recs else 0,
+                "class_consistency": last.get("class_consistency"), "kid": last.get("kid"),
+                "diversity_ratio": last.get("diversity_ratio"), "best_step": best.get("step"),
+                "best_kid": self.best_kid(name), "final_p": ps[-1] if ps else None,
+                "curve": [{k: r.get(k) for k in ("step", "class_consistency", "kid", "diversity_ratio")} for r in q],
+                "p_curve": [(r["step"], r["augment_p"]) for r in recs if "augment_p" in r]}
+
+    def accuracy(self, method: str, ipc: int, arch: str) -> dict | None:
+        res = _read(self.out / "eval" / f"{method}_ipc{ipc}" / arch / "results.json")
+        if not res or arch not in res.get("results", {}):
+            return None
+        r = res["results"][arch]
+        return {"mean": r["mean"]["accuracy"], "std": r["std"]["accuracy"], "n": len(r.get("runs", []))}
+
+
+def _f(v, nd: int = 4, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}" if pct else f"{v:.{nd}f}"
+
+
+def report(study: Study, args, times: dict, t_start: float) -> None:
+    s, ipcs, archs = study.s, study.ipcs, study.s["eval"]["archs"]
+    gans = {n: study.gan_record(n) for n in ("gan_ada", "gan_diffaug", "gan_ada_limited", "gan_diffaug_limited")}
+    table = []
+    for ipc in ipcs:
+        choice, grid = study.glad_choice(ipc)
+        for method in ("random", "mtt", "glad"):
+            cells = {a: study.accuracy(method, ipc, a) for a in archs}
+            unseen = [c["mean"] for a, c in cells.items() if a != "convnet" and c is not None]
+            table.append({"method": method, "ipc": ipc, "cells": cells,
+                          "unseen_mean": sum(unseen) / len(unseen) if unseen and len(unseen) == len(archs) - 1 else None,
+                          **({"glad_choice": choice, "glad_grid": grid} if method == "glad" else {})})
+    quick = args.quick
+    stem = "glad_study_quick" if quick else "glad_study"
+    grids = RESULTS / f"{stem}_grids"
+    grids.mkdir(parents=True, exist_ok=True)
+    for n in gans:
+        pngs = sorted((study.out / n).glob("samples_*.png"))
+        if pngs:
+            shutil.copyfile(pngs[-1], grids / f"{n}.png")
+    import torch
+
+    meta = {"command": " ".join(["python", *sys.argv]), "commit": source_commit(), "torch": torch.__version__,
+            "threads_per_cell": 1, "jobs": args.jobs, "quick": quick, "settings": {**s, "distill": {
+                str(k): v for k, v in s["distill"].items()}}, "generator_for_glad": study.generator(),
+            "cell_seconds": times, "cpu_seconds_total": sum(times.values()),
+            "wall_seconds_this_invocation": time.perf_counter() - t_start}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({**meta, "generators": gans, "table": table}, indent=1))
+
+    L = [f"# GLaD study (issue 17): Fashion-MNIST at {s['res']} px, CPU scale" + (" -- QUICK (plumbing only)" if quick else ""),
+         "", (f"`{meta['command']}` at commit {meta['commit']}, torch {meta['torch']}, one CPU thread per cell "
+              f"({args.jobs} cells at a time); the timed cells took {meta['cpu_seconds_total'] / 60:.1f} minutes of "
+              "wall time summed over cells (one thread each; more than their CPU time on a busy machine)."),
+         "" if not quick else "\n**--quick: tiny settings that only check that every cell runs; the numbers mean nothing.**",
+         "", "## Generators: ADA vs today's recipe, the same steps",
+         "", ("Quality in the feature space of the class-consistency classifier (`mtt_fast/generative/quality.py`): "
+              "kid = unbiased kernel distance to real validation images, mean over classes (lower is better); "
+              "diversity = mean pairwise feature distance within a class, generated / real (1 = as varied as "
+              "real). Best = the quality step with the lowest kid (generator_best.json)."), "",
+         "| run | images/class | steps | class consistency % | kid (last) | kid (best, step) | diversity gen/real | final p |",
+         "|---|---|---|---|---|---|---|---|"]
+    for n, g in gans.items():
+        per = s["limited"] if "limited" in n else (s["gan"]["max_train_per_class"] or "all")
+        L.append(f"| {n} | {per} | {g['steps']}{'' if g['done'] else ' (running)'} | {_f(g['class_consistency'], pct=True)} | "
+                 f"{_f(g['kid'])} | {_f(g['best_kid'])} ({g['best_step']}) | {_f(g['diversity_ratio'], 3)} | "
+                 f"{_f(g['final_p'], 3)} |")
+    L += ["", f"Sample grids (last step, fixed latents): `benchmarks/results/{stem}_grids/`.", "",
+          f"### Limited data ({s['limited']} images per class): quality over steps", "",
+          "| step | kid ADA | kid diffaug | diversity ADA | diversity diffaug | consistency ADA | consistency diffaug |",
+          "|---|---|---|---|---|---|---|"]
+    a = {r["step"]: r for r in gans["gan_ada_limited"]["curve"]}
+    b = {r["step"]: r for r in gans["gan_diffaug_limited"]["curve"]}
+    for step in sorted(set(a) | set(b)):
+        ra, rb = a.get(step, {}), b.get(step, {})
+        L.append(f"| {step} | {_f(ra.get('kid'))} | {_f(rb.get('kid'))} | {_f(ra.get('diversity_ratio'), 3)} | "
+                 f"{_f(rb.get('diversity_ratio'), 3)} | {_f(ra.get('class_consistency'), pct=True)} | "
+                 f"{_f(rb.get('class_consistency'), pct=True)} |")
+    L += ["", "## Distillation: test accuracy %, mean ± std over the networks of each cell", "",
+          (f"GLaD's generator: `{Path(meta['generator_for_glad']).parent.name}` (lower best kid). GLaD row = the "
+           "grid point with the best validation score (grid below). Unseen = mean over the architectures other "
+           "than ConvNet."),
+          "", "| method | ipc | " + " | ".join(archs) + " | unseen mean |", "|---|---|" + "---|" * (len(archs) + 1)]
+    for row in table:
+        cells = " | ".join("-" if c is None else f"{c['mean']:.2f} ± {c['std']:.2f}" for c in row["cells"].values())
+        label = {"random": "random real", "mtt": "MTT (pixels)", "glad": "GLaD (MTT)"}[row["method"]]
+        L.append(f"| {label} | {row['ipc']} | {cells} | {_f(row['unseen_mean'], pct=True)} |")
+    L += ["", "GLaD grid (validation score of each point; the chosen one in bold):", "",
+          "| ipc | space | layer | best validation | iteration |", "|---|---|---|---|---|"]
+    for row in table:
+        if row["method"] != "glad":
+            continue
+        for g in row["glad_grid"]:
+            mark = "**" if g["run"] == row["glad_choice"] else ""
+            L.append(f"| {row['ipc']} | {g['space']} | {g['layer']} | {mark}{_f(g['best_val'], pct=True)}{mark} | "
+                     f"{g['best_iteration']} |")
+    (RESULTS / f"{stem}.md").write_text("\n".join(L) + "\n")
+    print(json.dumps({"written": str(RESULTS / f"{stem}.md")}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="glad-study")
+    ap.add_argument("--quick", action="store_true", help="Tiny settings (a few minutes): checks that every cell runs.")
+    ap.add_argument("--jobs", type=int, default=2, help="Cells run at once (one CPU thread each).")
+    ap.add_argument("--gan-steps", type=int, default=None, help="Steps of every generator (the shared CPU budget).")
+    ap.add_argument("--limited", type=int, default=None, help="Images per class of the limited-data generators.")
+    ap.add_argument("--ipcs", default="1,10")
+    ap.add_argument("--archs", default=None, help="Comma-separated evaluation architectures (ConvNet first).")
+    ap.add_argument("--repeats", type=int, default=None, help="Networks per evaluation cell.")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report-only", action="store_true", help="Write the report from the finished cells; run nothing.")
+    args = ap.parse_args()
+    t_start = time.perf_counter()
+    s = json.loads(json.dumps(QUICK if args.quick else FULL, default=list))
+    s["distill"] = {int(k): v for k, v in s["distill"].items()}
+    s["glad_grid"] = [tuple(x) for x in s["glad_grid"]]
+    for key, v in (("gan_steps", args.gan_steps), ("limited", args.limited)):
+        if v is not None:
+            s[key] = v
+    if args.archs:
+        s["eval"]["archs"] = [a for a in args.archs.split(",") if a]
+    if args.repeats:
+        s["eval"]["repeats"] = args.repeats
+    study = Study(Path(args.out).resolve(), s, [int(i) for i in args.ipcs.split(",") if i], args.seed)
+    if not args.report_only:
+        study.run(max(1, args.jobs))
+    report(study, args, _read(study.out / "times.json") or {}, t_start)
+
+
+if __name__ == "__main__":
+    main()
