@@ -241,14 +241,19 @@ def report(out: Path, s: dict, table_rows, ipcs: list[int], archs: list[str], qu
 UNIT_SECONDS = {"expert_step_256": 1.44, "mtt_image_step": 0.016,
                 "eval_step": {"convnet": (0.1, 1.0), "alexnet": (1.0, 8.6), "vgg11": (0.74, 13.4),
                               "resnet18": (3.4, 20.9)},
-                "coreset_cell": 200.0}
+                "coreset_cell": 200.0,
+                # testing one trained network: seconds per test image (the --quick cells: AlexNet 625 s,
+                # VGG11 458 s for one network on the 10,000 test images; ResNet18 scaled by its step cost)
+                "test_image": {"convnet": 0.005, "alexnet": 0.06, "vgg11": 0.045, "resnet18": 0.15},
+                "test_images": 10000}
 
 
-def estimate(s: dict, table_rows, ipcs: list[int], archs: list[str]) -> str:
+def estimate(s: dict, table_rows, ipcs: list[int], archs: list[str], sam: bool = False) -> str:
     """A rough CPU-seconds estimate of the whole setting from ``UNIT_SECONDS`` (see its note)."""
     u, e = UNIT_SECONDS, s["experts"]
     steps_per_epoch = math.ceil(60000 / e["batch_size"]) * e["batch_size"] / 256
-    parts = {"experts": e["num_experts"] * e["epochs"] * steps_per_epoch * u["expert_step_256"]}
+    one_store = e["num_experts"] * e["epochs"] * steps_per_epoch * u["expert_step_256"]
+    parts = {"experts": one_store * (3 if sam else 1)}  # a SAM step costs two plain ones
     distill = evals = 0.0
     de = s["distill_eval"]
     for ipc in ipcs:
@@ -262,6 +267,7 @@ def estimate(s: dict, table_rows, ipcs: list[int], archs: list[str]) -> str:
                 distill += u["coreset_cell"] if key.split("_")[0] != "random" else 60.0
             steps = s["eval"]["epochs"] * s["eval"]["repeats"] * math.ceil(n / 256)
             evals += sum(steps * u["eval_step"][a][0 if ipc == 1 else 1] for a in archs)
+            evals += s["eval"]["repeats"] * u["test_images"] * sum(u["test_image"][a] for a in archs)
     parts.update({"distill": distill, "eval": evals})
     total = sum(parts.values())
     lines = [f"{k}: {v / 3600:.1f} CPU-hours" for k, v in parts.items()]
@@ -332,7 +338,7 @@ def main() -> None:
                                                 str(s["eval"]["repeats"]), "--epochs", str(s["eval"]["epochs"]),
                                                 "--seed", str(args.seed), "--out", str(ev)], logs))
     if args.estimate:
-        print(estimate(s, table_rows, ipcs, archs))
+        print(estimate(s, table_rows, ipcs, archs, sam=args.sam_rho is not None))
         return
     failed: list[str] = []
     if not args.report_only:

@@ -29,7 +29,6 @@ Issue 18's options (each off by default):
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
@@ -261,15 +260,9 @@ class Distiller:
         if not self.syn_lr.item() > 0:
             raise self._diverged(f"syn_lr is {self.syn_lr.item():.4g} at iteration {self.iteration}: no network can "
                                  f"be trained on the synset with it (keep --syn-lr-min above 0)")
-        images, soft = self._current(ema)
-        labels, kw = self.labels, {}
-        if soft is not None:  # soft cross-entropy: the targets are softmax(logits)
-            if "soft_labels" in inspect.signature(evaluate_arch).parameters:
-                kw["soft_labels"] = soft
-            else:
-                labels = torch.softmax(soft.float(), 1)
+        images, soft = self._current(ema)  # soft labels: soft cross-entropy against softmax(logits)
         try:
-            return evaluate_arch(self.store.arch, images, labels, self.val, **kw,
+            return evaluate_arch(self.store.arch, images, self.labels, self.val, soft_labels=soft,
                                  lr=float(self.syn_lr.item()), cfg=self.eval_cfg,
                                  repeats=self.cfg.evaluation.eval_repeats, seed=self.cfg.seed + 1000 + self.iteration,
                                  device=self.device, extra={"test": self.test})

@@ -187,12 +187,9 @@ def test_block_impl_reference_and_fused_distill_the_same(store, tmp_path):
     assert abs(a.syn_lr - b.syn_lr) < 1e-6
 
 
-def test_glad_learns_soft_labels_like_mtt(store, generator_dir, tmp_path, monkeypatch):
+def test_glad_learns_soft_labels_like_mtt(store, generator_dir, tmp_path):
     from mtt_fast.distill.soft import ExpertNetwork
     from mtt_fast.experts import TrajectoryStore
-    from tests.distill.contract_engine import patch_engines
-
-    patch_engines(monkeypatch)
     out, still = tmp_path / "glad-soft", tmp_path / "glad-still"
     base = ["distill", "--buffer", store, *GLAD, "--generator", generator_dir, "--soft-labels"]
     run(*base, "--lr-y", "5", "--out", out)
