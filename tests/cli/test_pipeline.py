@@ -31,7 +31,8 @@ def test_store_layout_and_snapshots_differ(store):
 def test_distill_then_eval(store, tmp_path):
     out = tmp_path / "mtt"
     r = run("distill", "--buffer", store, *DISTILL, "--out", out)
-    assert "engine adjoint" in r.output  # the default engine
+    assert "engine auto" in r.output  # the default engine, which says what it kept
+    assert "engine auto: keeps the graphs of 3 of 3 steps" in r.output
     assert "peak resident memory" in r.output or "peak CUDA memory" in r.output
     synset = Synset.load(out)
     assert synset.images.shape == (4, 3, 16, 16) and synset.labels.tolist() == [0, 0, 1, 1]
