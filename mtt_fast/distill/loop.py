@@ -395,16 +395,19 @@ class Distiller:
             if self.iteration == cfg.iterations:
                 break
             rec = self.step()
-            if distributed.is_main():
-                append_jsonl(metrics, rec)
+            info = rec.get("engine_info") or {}
             if self.iteration == first:
                 self.log(f"iteration {rec['iteration']}: engine {t.engine}, {rec['seconds']:.2f} s, "
                          f"{format_peak_memory(rec)}")
-                info = rec.get("engine_info") or {}
                 if "kept_steps" in info:
                     self.log(f"engine auto: keeps the graphs of {info['kept_steps']} of {info['steps']} steps "
                              f"(estimate {info['estimate_bytes'] / 2**20:.0f} MiB, budget "
                              f"{info['memory_budget'] / 2**20:.0f} MiB, {info['budget_rule']})")
+            if info.get("budget_rule", "given") != "given":  # the default budget follows the free memory: a
+                info.pop("memory_budget", None)  # log line, not a metric (metrics replay identically on resume)
+                info["budget_rule"] = "default"
+            if distributed.is_main():
+                append_jsonl(metrics, rec)
             self.iteration += 1
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", syn_lr=f"{rec['syn_lr']:.4g}", mem=format_peak_memory(rec, short=True))

@@ -140,7 +140,8 @@ def test_match_layers_changes_the_loss_and_bad_specs_fail(store, tmp_path):
 
 
 def test_memory_budget_and_dd_soft_labels_are_one_line_errors(store, tmp_path):
-    r = run("distill", "--buffer", store, *BASE, "--memory-budget", "8GiB", "--out", tmp_path / "m", ok=False)
+    r = run("distill", "--buffer", store, *BASE, "--engine", "full", "--memory-budget", "8GiB", "--out", tmp_path / "m",
+            ok=False)
     assert r.exit_code == 2 and "--memory-budget is for --engine auto" in r.output
     r = run("distill", "--buffer", store, *BASE, "--engine", "adjoint", "--memory-budget", "lots", "--out",
             tmp_path / "m", ok=False)
