@@ -30,6 +30,16 @@ FAULTY = Path(__file__).with_name("_faulty_main.py")
 TIMEOUT = 300
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The in-process one-process runs use one thread, as every rank does (the thread count
+    changes the bits of torch's CPU convolutions)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _env(**extra) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -198,7 +208,12 @@ def _wait_lock_free(lock: Path) -> None:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, store):
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    run(*_long(store, out))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(*_long(store, out))
+    finally:
+        torch.set_num_threads(before)
     return out
 
 
