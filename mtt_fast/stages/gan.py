@@ -8,12 +8,16 @@ from pathlib import Path
 
 import torch
 
-from mtt_fast import distributed
-from mtt_fast.errors import UserError
 from mtt_fast.generative import GANConfig, train_gan
 from mtt_fast.generative.config import legacy_defaults
 from mtt_fast.rundir import finished, open_run
-from mtt_fast.stages.common import DataOptions, at_least_one, load_bundle, resolve_device
+from mtt_fast.stages.common import (
+    DataOptions,
+    at_least_one,
+    load_bundle,
+    quiet_unless_main,
+    resolve_device,
+)
 
 
 @dataclass
@@ -29,10 +33,8 @@ def run_gan(stage: GanStage, out: str | Path, *, overwrite: bool = False, device
             log: Callable[[str], None] = print) -> dict:
     """Train (or resume) the generator in ``out``; returns ``train_gan``'s result (None if already finished)."""
     out = Path(out)
-    dev = resolve_device(device)
-    if distributed.active():
-        raise UserError("gan train does not run under torchrun yet (no DistributedDataParallel in the GAN trainer); "
-                        "run it as one process (it needs one GPU), then distill under torchrun")
+    dev = resolve_device(device)  # under torchrun: joins the group (DDP in the trainer; rank 0 writes)
+    log, progress = quiet_unless_main(log, progress)
     at_least_one(num_threads=stage.num_threads)
     if stage.num_threads is not None:
         torch.set_num_threads(stage.num_threads)
