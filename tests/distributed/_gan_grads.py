@@ -7,10 +7,15 @@ the double backward through D, with a gamma large enough that R1 dominates D's w
 the per-class average style, ADA's sign statistic and G_ema must equal those of one process
 stepping the whole global batch, up to float32 rounding (measured: 5e-6 relative at most). Prints
 one ``max-rel NAME VALUE`` line per quantity from rank 0 and exits 1 if any is over ``TOL``.
+
+Also the resume under torchrun: rank 0 writes the step's checkpoint, a new trainer on the same run
+directory reads it on rank 0 and broadcasts it, and every rank must then hold exactly the state it
+had (``resumed-equal [True, True]``).
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -29,7 +34,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def _one_step(bundle, out: Path, cfg: GANConfig) -> dict[str, torch.Tensor]:
+def _one_step(bundle, out: Path, cfg: GANConfig) -> tuple[GANTrainer, dict[str, torch.Tensor]]:
     tr = GANTrainer(bundle, out, cfg, progress=False, log=lambda msg: None)
     tr.D.mbstd.group_size = 1
     tr.G.train()
@@ -41,7 +46,31 @@ def _one_step(bundle, out: Path, cfg: GANConfig) -> dict[str, torch.Tensor]:
     got["w_avg"], got["w_count"] = tr.w_avg, tr.w_count
     got["ada_signs"] = torch.tensor([tr.ada.sign_sum, tr.ada.sign_count])
     got["r1"] = torch.tensor([tr.r1_last])
-    return {k: v.detach().clone() for k, v in got.items()}
+    return tr, {k: v.detach().clone() for k, v in got.items()}
+
+
+def _resumable(tr: GANTrainer) -> list:
+    """Everything a checkpoint restores, as a flat list (tensors and numbers)."""
+    out: list = [tr.cur_step, tr.cur_nimg, tr.r1_last, tr.log_count, sorted(tr.log_sums.items()),
+                 sorted(tr.ada.state().items()), tr.gen.get_state(), tr.w_avg, tr.w_count]
+    for m in (tr.G, tr.G_ema, tr.D):
+        out += list(m.state_dict().values())
+    for opt in (tr.opt_G, tr.opt_D):
+        for st in opt.state_dict()["state"].values():
+            out += [st[k] for k in sorted(st)]
+    return out
+
+
+def _same(a: list, b: list) -> bool:
+    """Equal bits (NaN equals NaN: ADA's r_t before its first adjustment)."""
+    def eq(x, y) -> bool:
+        if isinstance(x, torch.Tensor):
+            return torch.equal(x, y)
+        if isinstance(x, (list, tuple)):
+            return len(x) == len(y) and all(eq(u, v) for u, v in zip(x, y))
+        return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+
+    return eq(a, b)
 
 
 def main() -> int:
@@ -51,13 +80,19 @@ def main() -> int:
     bundle = load_dataset("crc", root, 16, seed=3, cache_dir=cache, progress=False)
     cfg = GANConfig(steps=1, batch_size=7, z_dim=8, w_dim=16, channel_base=64, channel_max=8, r1_interval=2,
                     r1_gamma=10.0, classifier_epochs=1, quality_samples=2, seed=3, dsa_impl="reference")
-    split = _one_step(bundle, out / "split", cfg)  # rank 0 trained the quality classifier before its step
+    tr, split = _one_step(bundle, out / "split", cfg)  # rank 0 trained the quality classifier before its step
+    # resume: rank 0 writes a checkpoint, a new trainer reads it on rank 0 and every rank gets its state
+    if distributed.is_main():
+        tr.save_checkpoint()
+    distributed.barrier()
+    again = GANTrainer(bundle, out / "split", cfg, progress=False, log=lambda msg: None)
+    resumed = distributed.all_gather_object(_same(_resumable(again), _resumable(tr)))
     whole_dir = out / f"whole_{distributed.global_rank()}"
     whole_dir.mkdir(parents=True)
     for name in ("classifier.safetensors", "classifier.json"):  # the same one, not trained again
         shutil.copyfile(out / "split" / name, whole_dir / name)
     with distributed.solo():  # the whole global batch in this process
-        whole = _one_step(bundle, whole_dir, cfg)
+        _, whole = _one_step(bundle, whole_dir, cfg)
     worst = {k: _rel(split[k], whole[k]) for k in whole}
     if distributed.global_rank() == 0:
         groups: dict[str, float] = {}
@@ -67,7 +102,8 @@ def main() -> int:
         for g, v in groups.items():
             print(f"max-rel {g} {v:.3e}", flush=True)
         print("worst", max(worst, key=worst.get), flush=True)
-    return 0 if max(worst.values()) <= TOL else 1
+        print(f"resumed-equal {resumed}", flush=True)
+    return 0 if max(worst.values()) <= TOL and all(resumed) else 1
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 * one DDP step equals one process's step on the whole batch (D's and G's gradients with R1 due,
   w_avg, ADA's statistic, G_ema) up to float32 rounding, with a batch that does not split evenly;
+  a checkpoint read by rank 0 restores the same state on every rank;
 * two ranks: every file written once by rank 0, ADA's p logged, the same seed twice gives the same bits;
 * a run killed after a checkpoint (every rank and torchrun) is finished by one process;
 * one rank under torchrun is one process, bit for bit.
@@ -61,6 +62,7 @@ def test_one_ddp_step_equals_one_process(tmp_path, crc_root, cache):
                        capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.count("max-rel ") == 7, p.stdout  # D, G, G_ema, w_avg, w_count, ada_signs, r1
+    assert "resumed-equal [True, True]" in p.stdout, p.stdout
 
 
 def test_two_ranks_write_once_and_repeat_bits(tmp_path, crc_root, cache):
