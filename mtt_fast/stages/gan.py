@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from mtt_fast import distributed
+from mtt_fast.errors import UserError
 from mtt_fast.generative import GANConfig, train_gan
 from mtt_fast.generative.config import legacy_defaults
 from mtt_fast.rundir import finished, open_run
@@ -43,6 +45,9 @@ def run_gan(stage: GanStage, out: str | Path, *, overwrite: bool = False, device
         cfg = replace(cfg, classifier_store=str(Path(cfg.classifier_store).expanduser().resolve()))
     cfg.validate()
     at_least_one(classifier_epochs=cfg.classifier_epochs)
+    if cfg.batch_size < distributed.world_size():  # before the run directory is touched
+        raise UserError(f"--batch-size {cfg.batch_size} is smaller than the {distributed.world_size()} ranks "
+                        "it is split over")
     bundle = load_bundle(stage.data, seed=cfg.seed, progress=progress)
     config = {"command": "gan train", "dataset": bundle.meta(), **asdict(cfg), "num_threads": stage.num_threads}
     defaults = legacy_defaults()  # a run made before a setting existed used its old value
