@@ -117,8 +117,13 @@ class ADAController:
     def accumulate(self, real_logits: Tensor) -> None:
         """Add the signs of one D step's real logits to the statistic."""
         s = torch.sign(real_logits.detach().float())
-        self.sign_sum += float(s.sum())
-        self.sign_count += int(s.numel())
+        self.add_signs(float(s.sum()), int(s.numel()))
+
+    def add_signs(self, sign_sum: float, count: int) -> None:
+        """Add ``count`` real logits whose signs sum to ``sign_sum`` (under torchrun: those of every
+        rank's rows, summed over the ranks, so that every rank steers the same p)."""
+        self.sign_sum += sign_sum
+        self.sign_count += count
 
     def after_step(self, step: int) -> bool:
         """After step ``step`` (1-based): adjust ``p`` when ``step`` is a multiple of ``interval``.

@@ -13,7 +13,13 @@ from mtt_fast.errors import UserError
 from mtt_fast.generative import GANConfig, train_gan
 from mtt_fast.generative.config import legacy_defaults
 from mtt_fast.rundir import finished, open_run
-from mtt_fast.stages.common import DataOptions, at_least_one, load_bundle, resolve_device
+from mtt_fast.stages.common import (
+    DataOptions,
+    at_least_one,
+    load_bundle,
+    quiet_unless_main,
+    resolve_device,
+)
 
 
 @dataclass
@@ -29,10 +35,8 @@ def run_gan(stage: GanStage, out: str | Path, *, overwrite: bool = False, device
             log: Callable[[str], None] = print) -> dict:
     """Train (or resume) the generator in ``out``; returns ``train_gan``'s result (None if already finished)."""
     out = Path(out)
-    dev = resolve_device(device)
-    if distributed.active():
-        raise UserError("gan train does not run under torchrun yet (no DistributedDataParallel in the GAN trainer); "
-                        "run it as one process (it needs one GPU), then distill under torchrun")
+    dev = resolve_device(device)  # under torchrun: joins the group (DDP in the trainer; rank 0 writes)
+    log, progress = quiet_unless_main(log, progress)
     at_least_one(num_threads=stage.num_threads)
     if stage.num_threads is not None:
         torch.set_num_threads(stage.num_threads)
@@ -41,6 +45,9 @@ def run_gan(stage: GanStage, out: str | Path, *, overwrite: bool = False, device
         cfg = replace(cfg, classifier_store=str(Path(cfg.classifier_store).expanduser().resolve()))
     cfg.validate()
     at_least_one(classifier_epochs=cfg.classifier_epochs)
+    if cfg.batch_size < distributed.world_size():  # before the run directory is touched
+        raise UserError(f"--batch-size {cfg.batch_size} is smaller than the {distributed.world_size()} ranks "
+                        "it is split over")
     bundle = load_bundle(stage.data, seed=cfg.seed, progress=progress)
     config = {"command": "gan train", "dataset": bundle.meta(), **asdict(cfg), "num_threads": stage.num_threads}
     defaults = legacy_defaults()  # a run made before a setting existed used its old value
