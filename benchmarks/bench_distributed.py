@@ -32,22 +32,19 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _meta import source_commit  # noqa: E402
+from _meta import source_commit
 
-from mtt_fast.augment import DSAConfig  # noqa: E402
-from mtt_fast.match import ENGINES, Student, plan_steps  # noqa: E402
-from mtt_fast.match.parallel import RankShare  # noqa: E402
-from mtt_fast.models import FlatParams, get_network  # noqa: E402
+from mtt_fast.augment import DSAConfig
+from mtt_fast.match import ENGINES, Student, plan_steps
+from mtt_fast.match.parallel import RankShare
+from mtt_fast.memory import proc_status_bytes
+from mtt_fast.models import FlatParams, get_network
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return proc_status_bytes(key) or 0
 
 
 def _reset_peak() -> None:

@@ -51,15 +51,9 @@ QUICK = {"channels": 1, "res": 28, "classes": 10, "width": 16, "depth": 3, "ipc"
 
 def _vm_hwm_mib() -> float:
     """Peak resident set of this process (VmHWM), MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
+    from mtt_fast.memory import child_peak_rss_mib
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return child_peak_rss_mib()
 
 
 # ------------------------------------------------------------------------------ the reference loop

@@ -186,17 +186,9 @@ def conv_gflops(device: str) -> float:
 
 # ------------------------------------------------------------------------------ children
 def _peak_rss_mib() -> float | None:
-    """This process's peak RSS (VmHWM): unlike ru_maxrss it does not inherit the parent's peak
-    across fork + exec, so a child spawned by a large parent still reads its own."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    from mtt_fast.memory import process_peak_rss_mib
+    from mtt_fast.memory import child_peak_rss_mib
 
-    return process_peak_rss_mib()
+    return child_peak_rss_mib()
 
 
 def _child(spec: dict) -> dict:

@@ -193,16 +193,17 @@ def shard(items: Sequence) -> list:
     return list(items[rank()::world_size()])
 
 
+def split_bounds(n: int, world: int, rank: int) -> tuple[int, int]:
+    """``[lo, hi)``: rank ``rank``'s contiguous slice of ``n`` items over ``world`` ranks (the
+    slices' sizes differ by at most one, the larger ones first)."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
 def owner_ranges(n: int) -> list[tuple[int, int]]:
-    """Contiguous ``[lo, hi)`` slices of ``n`` items per rank (sizes differ by at most one)."""
-    w = world_size()
-    base, extra = divmod(n, w)
-    out, lo = [], 0
-    for r in range(w):
-        hi = lo + base + (1 if r < extra else 0)
-        out.append((lo, hi))
-        lo = hi
-    return out
+    """Every rank's :func:`split_bounds` of ``n`` items, in rank order."""
+    return [split_bounds(n, world_size(), r) for r in range(world_size())]
 
 
 @contextlib.contextmanager
@@ -278,7 +279,7 @@ def _start_watcher() -> None:
                 return
             if _state["reported"]:
                 return  # this rank is reporting it itself
-            who, _, message = raw.partition("\n")
+            _, _, message = raw.partition("\n")
             if global_rank() == 0:
                 print(f"error: {message}", file=sys.stderr, flush=True)
                 with contextlib.suppress(Exception):

@@ -17,6 +17,25 @@ def process_peak_rss_mib() -> float | None:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
+def proc_status_bytes(key: str) -> int | None:
+    """A memory line of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes; None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def child_peak_rss_mib() -> float | None:
+    """This process's peak RSS for a benchmark child: ``VmHWM``, which unlike ``ru_maxrss`` does not
+    inherit the parent's peak across fork + exec (falls back to :func:`process_peak_rss_mib`)."""
+    hwm = proc_status_bytes("VmHWM")
+    return hwm / 2**20 if hwm is not None else process_peak_rss_mib()
+
+
 def peak_memory(device: torch.device | str) -> dict:
     """``{"peak_mem_mib": ...}`` (CUDA: allocator peak since the last reset) or ``{"peak_rss_mib": ...}``."""
     device = torch.device(device)

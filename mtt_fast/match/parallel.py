@@ -82,9 +82,7 @@ class RankShare:
 
     def bounds(self, n: int) -> tuple[int, int]:
         """``[lo, hi)``: the rows of an ``n``-image synthetic set this rank owns."""
-        base, extra = divmod(n, self.world)
-        lo = self.rank * base + min(self.rank, extra)
-        return lo, lo + base + (1 if self.rank < extra else 0)
+        return distributed.split_bounds(n, self.world, self.rank)
 
     def rows(self, indices: torch.Tensor, n: int) -> torch.Tensor:
         """Positions in a step's batch ``indices`` whose images this rank owns."""
