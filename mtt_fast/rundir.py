@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -175,23 +176,60 @@ def _restore(out: Path, previous: Path) -> None:
     os.replace(previous, out)
 
 
+# How long a new command waits for the lock of an owner that has already exited: a killed
+# process's lock is released only when its last thread (or a forked child sharing the lock's
+# file) has finished dying, which on a loaded machine can lag the kill by seconds.
+DEAD_OWNER_WAIT_S = 30.0
+
+
+def _owner_gone(owner: dict) -> bool:
+    """Whether the recorded owner is a process of this machine that has exited (or is exiting)."""
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False  # another machine's lock (a shared file system), or an unreadable record
+    try:
+        state = Path(f"/proc/{owner['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(owner["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+    return state in ("Z", "X")
+
+
 def _lock(out: Path, option: str) -> int:
     lock = _sibling(out, "lock")
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
         raise UserError(f"cannot write {option} {out}: {e.strerror or e}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    deadline = None
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            pass
         try:
             owner = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
         except (ValueError, OSError):
             owner = {}
+        if not isinstance(owner, dict):
+            owner = {}
+        if _owner_gone(owner):
+            deadline = deadline if deadline is not None else time.monotonic() + DEAD_OWNER_WAIT_S
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
         os.close(fd)
         who = f"PID {owner.get('pid', '?')} (started {owner.get('started', '?')})"
+        if deadline is not None:
+            who += ", which has exited but whose lock is still held (by a child process it forked?)"
         raise UserError(f"{option} {out} is in use by {who}; wait for it or choose another {option}") from None
-    info = json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
+    info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, info, 0)
     return fd

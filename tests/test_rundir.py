@@ -57,6 +57,61 @@ def test_second_owner_is_refused_naming_the_first(tmp_path):
         pass
 
 
+def test_lock_of_an_exited_owner_still_held_by_its_child_is_waited_for(tmp_path, monkeypatch):
+    """A killed command's lock outlives it while a process that shares the lock's file (a forked
+    child, or the killed process's last thread) is still dying: the next command waits for it
+    instead of refusing; a live owner is still refused at once."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from mtt_fast import rundir
+
+    out = tmp_path / "run"
+    lock = tmp_path / ".run.lock"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    owner = {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then"}
+    lock.write_text(json.dumps(owner))
+    # the "child" holds the flock for about a second, as a forked worker of the dead owner would
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)"), str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.monotonic()
+    with open_run(out, {"command": "x"}) as run:
+        assert run.state == "new"
+    assert time.monotonic() - t0 > 0.5  # it waited for the holder
+    holder.wait()
+
+    # the same record but the owner alive (this process): refused without waiting
+    owner["pid"] = os.getpid()
+    lock.write_text(json.dumps(owner))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)"), str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(UserError, match=f"in use by PID {os.getpid()}"):
+            open_run(out, {"command": "x"})
+        assert time.monotonic() - t0 < 5
+        # an exited owner whose lock is never released: refused after the bounded wait, saying why
+        owner["pid"] = int(dead.stdout)
+        lock.write_text(json.dumps(owner))
+        monkeypatch.setattr(rundir, "DEAD_OWNER_WAIT_S", 0.3)
+        with pytest.raises(UserError, match="has exited but whose lock is still held"):
+            open_run(out, {"command": "x"})
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_overwrite_gives_the_old_run_back_on_failure_and_drops_it_at_the_first_checkpoint(tmp_path):
     from mtt_fast.rundir import finished, open_run
 
