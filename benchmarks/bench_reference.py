@@ -144,7 +144,11 @@ def _child(spec: dict) -> dict:
     from mtt_fast.match import Student
     from mtt_fast.models import FlatParams, get_network
 
+    from mtt_fast.runtime import retain_freed_memory
+
     torch.set_num_threads(spec["threads"])
+    # ours: what every stage does (resolve_device); the reference: only in its "retained heap" row
+    retained = retain_freed_memory() if spec["side"] == "ours" or spec.get("retain") else False
     cfg = spec["cfg"]
     torch.manual_seed(0)
     net = get_network("convnet", cfg["channels"], cfg["classes"], cfg["res"], width=cfg["width"], depth=cfg["depth"])
@@ -175,7 +179,7 @@ def _child(spec: dict) -> dict:
         last = step(state, spec["steps"], gen)
         times.append(time.perf_counter() - t)
     out = {"seconds": times, "median_s": statistics.median(times[1:]), "peak_rss_mib": _vm_hwm_mib(),
-           "final_loss": last["loss"]}
+           "final_loss": last["loss"], "retained_heap": retained}
     if "info" in last:
         out["engine_info"] = last["info"]
     return out
@@ -223,19 +227,25 @@ def _table(rows: list[dict], steps: list[int], cfg: dict, args) -> str:
              f"{cfg['batch_syn']}, DSA on; median s/iteration over {args.iters} iterations after one warm-up; "
              "peak RSS of each fresh process.", "",
              "| N | reference loop s/it | ours (auto) s/it | speed-up | reference RSS | ours RSS "
-             "| budget ours chose | kept step graphs |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| budget ours chose | kept step graphs | reference, retained heap s/it | speed-up over it |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for n in steps:
-        ref = next((r for r in rows if r["N"] == n and r["side"] == "reference"), {})
+        ref = next((r for r in rows if r["N"] == n and r["side"] == "reference" and not r.get("retain")), {})
+        ref_r = next((r for r in rows if r["N"] == n and r["side"] == "reference" and r.get("retain")), {})
         for ours in (r for r in rows if r["N"] == n and r["side"] == "ours"):
             info = ours.get("engine_info", {})
             speed = f"{ref['median_s'] / ours['median_s']:.2f}x" if "median_s" in ref and "median_s" in ours else "-"
             how = f"--memory-budget {ours['memory_budget_arg']}" if ours["memory_budget_arg"] else "default"
             budget = f"{info['memory_budget'] / 2**30:.2f} GiB ({how})" if info else how
             kept = f"{info['kept_steps']} / {info['steps']}" if info else "-"
+            speed_r = (f"{ref_r['median_s'] / ours['median_s']:.2f}x" if "median_s" in ref_r and "median_s" in ours
+                       else "-")
             lines.append(f"| {n} | {_cell(ref, 'median_s', '{:.2f}')} | {_cell(ours, 'median_s', '{:.2f}')} | {speed} "
                          f"| {_cell(ref, 'peak_rss_mib', '{:.0f} MiB')} | {_cell(ours, 'peak_rss_mib', '{:.0f} MiB')} "
-                         f"| {budget} | {kept} |")
+                         f"| {budget} | {kept} | {_cell(ref_r, 'median_s', '{:.2f}') if ref_r else '-'} | {speed_r} |")
+    lines += ["", "Ours keeps freed memory for reuse (mtt_fast.runtime.retain_freed_memory, what every stage does; "
+              "MTT_FAST_MALLOC=system turns it off); the reference loop runs on the system allocator as "
+              "published, and in the last two columns with the same setting as ours."]
     return "\n".join(lines)
 
 
@@ -252,6 +262,8 @@ def main() -> None:
     ap.add_argument("--small-budget", default=None, help="that budget (default 1GiB; --quick: 4MiB)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per child")
     ap.add_argument("--out", default=None, help="result path stem (default results/reference_cpu[_quick])")
+    ap.add_argument("--no-reference-retained", dest="reference_retained", action="store_false",
+                    help="skip the reference loop's run with our allocator setting (the last two columns)")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
@@ -274,9 +286,13 @@ def main() -> None:
             sides.reverse()
         if n == budget_n:
             sides.append(("ours", small))
+        if args.reference_retained:
+            sides.append(("reference", "retain"))
         for side, budget in sides:
-            row: dict = {"N": n, "side": side, "memory_budget_arg": budget}
-            if side == "reference" and len(ref_mem) >= 2:
+            retain = side == "reference" and budget == "retain"
+            budget = None if retain else budget
+            row: dict = {"N": n, "side": side, "memory_budget_arg": budget, "retain": retain}
+            if side == "reference" and len(ref_mem) >= 2:  # (the retained-heap run follows the plain one)
                 (n1, m1), (n2, m2) = ref_mem[-2:]
                 pred = m2 + (m2 - m1) / (n2 - n1) * (n - n2)
                 if pred > limit:
@@ -285,9 +301,9 @@ def main() -> None:
                     print(row, flush=True)
                     continue
             spec = {"side": side, "steps": n, "iters": args.iters, "threads": args.threads, "cfg": cfg,
-                    "memory_budget": budget}
+                    "memory_budget": budget, "retain": retain}
             row.update(_run_child(spec, args.timeout))
-            if side == "reference" and "peak_rss_mib" in row:
+            if side == "reference" and not retain and "peak_rss_mib" in row:
                 ref_mem.append((n, row["peak_rss_mib"]))
             rows.append(row)
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k != "seconds"},

@@ -29,8 +29,9 @@ counts only this engine's own memory (not the model, the images or the expert tr
 ``memory_budget=None`` (the default rule, :func:`default_memory_budget`): on CUDA, 80% of the
 device memory free now (``torch.cuda.mem_get_info`` plus the caching allocator's unused
 reserve) less 512 MiB; on CPU, 80% of ``MemAvailable`` in ``/proc/meminfo`` (else the
-OS's free pages) less 512 MiB. The 20% and 512 MiB leave room for everything else the process
-and the machine allocate while the unroll runs.
+OS's free pages) plus the freed memory this process's heap keeps for reuse, less 512 MiB.
+The 20% and 512 MiB leave room for everything else the process and the machine allocate
+while the unroll runs.
 
 ``MatchResult.info`` says what was chosen: ``kept_steps`` (N - k), ``split`` (k),
 ``memory_budget`` (bytes), ``budget_rule`` ("given" or the default rule), ``measured_step_bytes``
@@ -51,6 +52,7 @@ from mtt_fast.match.adjoint import _Grads, _History, graph_free_step, reverse_st
 from mtt_fast.match.loss import MatchResult, check_loss_mask, masked_trajectory_loss, soft_labels
 from mtt_fast.match.plan import StepPlan
 from mtt_fast.match.student import Student
+from mtt_fast.runtime import retained_free_bytes
 
 #: A step's graph is estimated at this multiple of the saved-tensor bytes measured on step 0:
 #: on the fmnist setting (ConvNet-D3 w128, batch 100, CPU) the full unroll's peak-RSS growth
@@ -82,14 +84,17 @@ def parse_memory_size(text: str | int) -> int:
 
 
 def _cpu_available_bytes() -> int:
+    """The OS's available memory plus what this process's heap holds free for reuse (see
+    :func:`mtt_fast.runtime.retain_freed_memory`: without it the budget would shrink by the
+    previous iteration's memory on every later one)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    return int(line.split()[1]) * 1024 + retained_free_bytes()
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") + retained_free_bytes()
 
 
 def default_memory_budget(device: torch.device | str) -> tuple[int, str]:
@@ -101,7 +106,7 @@ def default_memory_budget(device: torch.device | str) -> tuple[int, str]:
         what = "CUDA free memory"
     else:
         free = _cpu_available_bytes()
-        what = "MemAvailable"
+        what = "MemAvailable + retained heap" if retained_free_bytes() else "MemAvailable"
     budget = max(0, int(DEFAULT_BUDGET_FRACTION * free) - DEFAULT_BUDGET_RESERVE)
     return budget, f"default: {DEFAULT_BUDGET_FRACTION:.0%} of {what} ({free / 2**30:.2f} GiB) less 512 MiB"
 

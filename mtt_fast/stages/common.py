@@ -11,6 +11,7 @@ import torch
 from mtt_fast import distributed
 from mtt_fast.augment import DSAConfig
 from mtt_fast.errors import UserError
+from mtt_fast.runtime import retain_freed_memory
 
 
 @dataclass
@@ -55,8 +56,10 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
     Under torchrun (``WORLD_SIZE`` > 1) this is also where a stage joins the process group
     (:func:`mtt_fast.distributed.init`, gloo for cpu, nccl for cuda) and where ``cuda`` becomes
-    this rank's GPU (``cuda:LOCAL_RANK``).
+    this rank's GPU (``cuda:LOCAL_RANK``). And where the process starts keeping freed CPU
+    memory for reuse (:func:`mtt_fast.runtime.retain_freed_memory`).
     """
+    retain_freed_memory()
     if isinstance(name, torch.device):
         dev = name
     elif name == "auto":
