@@ -228,6 +228,16 @@ def _variant_forwards() -> dict:
             h = fused_block.convblock(c, norm.weight, norm.bias, norm.eps, impl="auto")
         return self.classifier(h.flatten(1))
 
+    def backward_kernels(self, x):
+        from mtt_fast.ops.conv import conv2d
+
+        h = x
+        for d in range(self.depth):
+            conv, norm = self.features[4 * d], self.features[4 * d + 1]
+            c = conv2d(h, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+            h = fused_block.convblock(c, norm.weight, norm.bias, norm.eps, impl="auto")
+        return self.classifier(h.flatten(1))
+
     def reference_nchw(self, x):  # native group_norm/relu/pool (the path channels-last can use)
         return self.classifier(self.features(x).flatten(1))
 
@@ -235,10 +245,11 @@ def _variant_forwards() -> dict:
         return self.classifier(self.features(x.contiguous(memory_format=torch.channels_last)).flatten(1))
 
     return {"default (fused block, NCHW)": default, "first conv via unfold+matmul": unfold_first,
+            "conv double backward on the backward kernels (ops.conv)": backward_kernels,
             "native block, NCHW": reference_nchw, "native block, channels-last": reference_channels_last}
 
 
-def experiments(steps: int, reps: int) -> list[dict]:
+def experiments(steps: int, reps: int, only: str = "") -> list[dict]:
     """Each candidate vs the default on the kept and the adjoint path: CPU seconds per iteration
     (process time, robust to other jobs on the machine), interleaved, median of reps 2..; and the
     relative difference of d loss / d images from the default (float32)."""
@@ -250,6 +261,9 @@ def experiments(steps: int, reps: int) -> list[dict]:
 
     student, start, target, images, labels, lr, plan = _setup(steps)
     variants = _variant_forwards()
+    keys = [k for k in only.split(",") if k]
+    if keys:  # the default first, then the named candidates (substrings of their names)
+        variants = {k: v for i, (k, v) in enumerate(variants.items()) if i == 0 or any(s in k for s in keys)}
     default = networks.ConvNet.forward
     out = []
     try:
@@ -306,11 +320,18 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="result path stem (default results/profile_cpu)")
     ap.add_argument("--experiment-steps", type=int, default=2, help="N of the candidate A/B runs (0: skip them)")
     ap.add_argument("--experiment-reps", type=int, default=4)
+    ap.add_argument("--variants", default="", help="comma list of substrings: only these candidates (and the default)")
     args = ap.parse_args()
+    from mtt_fast.runtime import retain_freed_memory
+
     torch.set_num_threads(args.threads)
+    retained = retain_freed_memory()  # what every stage does (MTT_FAST_MALLOC=system: the system allocator)
     results = [profile_path(p, args.steps) for p in args.paths.split(",")] if args.paths else []
-    exp = experiments(args.experiment_steps, args.experiment_reps) if args.experiment_steps else []
+    exp = experiments(args.experiment_steps, args.experiment_reps, args.variants) if args.experiment_steps else []
     md = _markdown(results, args.threads) if results else ""
+    alloc = ("freed memory kept for reuse (mtt_fast.runtime.retain_freed_memory, what the stages do)" if retained
+             else "the system allocator (MTT_FAST_MALLOC=system)")
+    md = f"Allocator: {alloc}.\n\n" + md
     if exp:
         md += (f"\n### Candidates (N = {args.experiment_steps}, {args.threads} threads; CPU s per iteration, "
                f"median of reps 2-{args.experiment_reps}, interleaved)\n\n"
@@ -326,7 +347,7 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(
         {"benchmark": "profile_step", "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
          "commit": source_commit(), "extension": extension_info().get("loaded"), "load_average": os.getloadavg(),
-         "results": results, "experiments": exp}, indent=2) + "\n")
+         "retained_heap": retained, "results": results, "experiments": exp}, indent=2) + "\n")
     stem.with_suffix(".md").write_text(md + "\n")
     print(f"wrote {stem.with_suffix('.json')} and .md")
 

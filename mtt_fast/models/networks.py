@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from mtt_fast.errors import UserError
 from mtt_fast.ops import block as fused_block
+from mtt_fast.ops import conv as conv_op
 from mtt_fast.ops.impl import fused_selected
 
 
@@ -44,18 +45,27 @@ class ConvNet(nn.Module):
             ``"reference"`` (always the native nn modules). The parameters (names, order,
             shapes) are the same for all three, so flat vectors and stored trajectories are
             interchangeable; the attribute may be changed after construction.
+        conv_impl: how the convolutions run: ``"second-order"`` (:func:`mtt_fast.ops.conv.conv2d`:
+            the same values and derivatives as ``F.conv2d``, its double backward on the
+            convolution's backward kernels, 5-18% faster matching iterations on the CPU,
+            ``benchmarks/results/profile_cpu.md``) or ``"native"`` (``nn.Conv2d``). Like
+            ``block_impl``, it changes no parameter and may be changed after construction.
 
     Shapes: input ``[B, channels, res, res]`` -> logits ``[B, num_classes]``.
     """
 
     BLOCK_IMPLS = ("auto", "fused", "reference")
+    CONV_IMPLS = ("second-order", "native")
 
     def __init__(self, channels: int, num_classes: int, res: int, width: int = 128, depth: int = 3,
-                 block_impl: str = "auto"):
+                 block_impl: str = "auto", conv_impl: str = "second-order"):
         super().__init__()
         if block_impl not in self.BLOCK_IMPLS:
             raise UserError(f"block_impl must be one of {', '.join(self.BLOCK_IMPLS)}, got {block_impl!r}")
+        if conv_impl not in self.CONV_IMPLS:
+            raise UserError(f"conv_impl must be one of {', '.join(self.CONV_IMPLS)}, got {conv_impl!r}")
         self.block_impl = block_impl
+        self.conv_impl = conv_impl
         self.depth = depth
         layers: list[nn.Module] = []
         in_ch, size = channels, res
@@ -84,17 +94,22 @@ class ConvNet(nn.Module):
         # "auto": only once the block passed its parity check here (mtt_fast.ops.verify)
         return fused_selected(self.block_impl, "block", x.device, x.dtype, ok)
 
+    def _conv(self, conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
+        if self.conv_impl == "native":
+            return conv(h)
+        return conv_op.conv2d(h, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.use_fused(x):
-            return self.classifier(self.features(x).flatten(1))
         # features = depth x [conv, norm, relu, pool]; parameters are read from the modules,
         # so torch.func.functional_call's substituted (flat-vector) parameters are used.
         # "auto" re-decides per block (autocast may hand the norm another dtype than x's)
+        fused = self.use_fused(x)
         impl = "fused" if self.block_impl == "fused" else "auto"
         h = x
         for d in range(self.depth):
-            conv, norm = self.features[4 * d], self.features[4 * d + 1]
-            h = fused_block.convblock(conv(h), norm.weight, norm.bias, norm.eps, impl=impl)
+            conv, norm, relu, pool = (self.features[4 * d + i] for i in range(4))
+            c = self._conv(conv, h)
+            h = fused_block.convblock(c, norm.weight, norm.bias, norm.eps, impl=impl) if fused else pool(relu(norm(c)))
         return self.classifier(h.flatten(1))
 
 

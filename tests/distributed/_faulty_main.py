@@ -4,8 +4,9 @@ fails every expert-shard write with ENOSPC (the test of one rank's user error un
 import errno
 import os
 
-import mtt_fast.experts.store as store
 from mtt_fast.cli.main import main
+
+from mtt_fast.experts import store
 
 if os.environ.get("RANK") == os.environ.get("MTT_FAST_TEST_ENOSPC_RANK"):
     def _full(path, tensors, metadata=None):

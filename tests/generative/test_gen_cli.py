@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
-
 from mtt_fast.cli.main import main
+
 from mtt_fast.data.arrays import FASHION_MNIST_DIR
 from mtt_fast.errors import UserError
 from mtt_fast.generative import check_generator, load_generator

@@ -119,3 +119,21 @@ def test_adjoint_equals_full_on_cuda(offload):
     adj = match_adjoint(student, start, target, x, y, lr, plan, offload=offload)
     assert _rel(adj.grad_images, full.grad_images) < 1e-9
     assert _rel(adj.grad_lr, full.grad_lr) < 1e-9
+
+
+@pytest.mark.parametrize("engine", ["full", "adjoint"])
+def test_second_order_convs_equal_native_convs_float64(engine):
+    """ConvNet's default conv (mtt_fast.ops.conv, double backward on the backward kernels) gives
+    the engines the same gradients as nn.Conv2d (autograd's double backward), 1-channel first
+    layer included."""
+    res = {}
+    for impl in ("second-order", "native"):
+        student, start, target, x, y = _setup("convnetd3", channels=1)
+        student.module.conv_impl = impl
+        lr = torch.tensor(0.05, dtype=torch.float64)
+        plan = _plan(len(y), tuple(x.shape[1:]), 4, 4, torch.float64)
+        res[impl] = ENGINES[engine](student, start, target, x, y, lr, plan)
+    a, b = res["second-order"], res["native"]
+    assert b.grad_images.abs().sum() > 0
+    assert _rel(a.grad_images, b.grad_images) < 1e-10
+    assert _rel(a.grad_lr, b.grad_lr) < 1e-10

@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from mtt_fast.augment import DSAConfig
-from mtt_fast.match import (ENGINES, EXACT_ENGINES, Student, match_adjoint, match_auto, match_full, match_tesla,
-                            parse_memory_size, plan_steps)
+from mtt_fast.match import (
+    ENGINES,
+    EXACT_ENGINES,
+    Student,
+    match_adjoint,
+    match_auto,
+    match_full,
+    match_tesla,
+    parse_memory_size,
+    plan_steps,
+)
 from mtt_fast.match.auto import SavedBytes, choose_split
 from mtt_fast.models import FlatParams, get_network
 
