@@ -41,8 +41,9 @@ def test_freed_memory_is_reused_without_faults_and_counted_as_available():
     on, faults, free, extra = _child(MTT_FAST_MALLOC="retain")
     if on != "True":
         pytest.skip("this C library has no mallopt settings (not glibc)")
-    # 320 MB touched afresh would be ~78,000 page faults; reused, a few hundred at most
-    assert int(faults) < 2000, faults
+    # 320 MB touched afresh is ~78,000 page faults; reused, a few hundred (one 40 MB tensor's worth,
+    # ~10,000, where the heap's free space happened to be split by small allocations)
+    assert int(faults) < 20_000, faults
     assert int(free) >= 300_000_000, free  # the freed tensors, kept for reuse
     assert int(extra) >= 150_000_000, (extra, free)  # and counted by auto's default budget beside MemAvailable
 
@@ -58,3 +59,29 @@ def test_unknown_value_is_a_user_error_naming_the_variable():
                        capture_output=True, text=True, timeout=120, check=False,
                        env={**os.environ, "MTT_FAST_MALLOC": "jemalloc"})
     assert p.returncode != 0 and "MTT_FAST_MALLOC='jemalloc': expected 'retain'" in p.stderr
+
+
+def test_same_bits_with_either_allocator(tmp_path):
+    """Keeping freed memory changes speed, not results: one buffer + MTT distillation in two
+    fresh processes, retained heap and system allocator, writes identical tensors."""
+    from tests.fixtures.datasets import make_crc
+    from tests.fixtures.hashing import tensors_hash
+
+    root = make_crc(tmp_path / "crc", patients_per_class=3, tiles_per_patient=2, size=32, test_patients_per_class=1)
+    hashes = {}
+    for mode in ("retain", "system"):
+        out = tmp_path / mode
+        env = {**os.environ, "MTT_FAST_MALLOC": mode, "OMP_NUM_THREADS": "1"}
+        common = ["--no-progress", "--seed", "1"]
+        for args in (["buffer", "--dataset", "crc", "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"),
+                      "--res", "16", "--arch", "convnet", "--width", "8", "--depth", "2", "--batch-size", "8",
+                      "--num-experts", "1", "--epochs", "2", *common, "--out", str(out / "buf")],
+                     ["distill", "--buffer", str(out / "buf"), "--method", "mtt", "--ipc", "2", "--syn-steps", "3",
+                      "--iterations", "3", "--eval-it", "100", "--max-start-epoch", "1", "--expert-epochs", "1",
+                      *common, "--out", str(out / "mtt")]):
+            p = subprocess.run([sys.executable, "-m", "mtt_fast", *args], env=env, capture_output=True, text=True,
+                               timeout=300, check=False)
+            assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        hashes[mode] = (tensors_hash(out / "buf" / "expert_000.safetensors"),
+                        tensors_hash(out / "mtt" / "synset" / "synset.safetensors"))
+    assert hashes["retain"] == hashes["system"]
