@@ -214,7 +214,8 @@ def _unfold_first_conv(conv, h):
 
 
 def _variant_forwards() -> dict:
-    """ConvNet.forward replacements: the default, the first conv via unfold, channels-last."""
+    """ConvNet.forward replacements: the default (ops.conv convolutions, fused block), the native
+    convolution, the first conv via unfold, the native block in NCHW and channels-last."""
     from mtt_fast.models import networks
     from mtt_fast.ops import block as fused_block
 
@@ -224,28 +225,26 @@ def _variant_forwards() -> dict:
         h = x
         for d in range(self.depth):
             conv, norm = self.features[4 * d], self.features[4 * d + 1]
-            c = _unfold_first_conv(conv, h) if d == 0 else conv(h)
+            c = _unfold_first_conv(conv, h) if d == 0 else self._conv(conv, h)
             h = fused_block.convblock(c, norm.weight, norm.bias, norm.eps, impl="auto")
         return self.classifier(h.flatten(1))
 
-    def backward_kernels(self, x):
-        from mtt_fast.ops.conv import conv2d
+    def native_conv(self, x):  # nn.Conv2d: autograd's own double backward (the default before ops.conv)
+        before = self.conv_impl
+        self.conv_impl = "native"
+        try:
+            return default(self, x)
+        finally:
+            self.conv_impl = before
 
-        h = x
-        for d in range(self.depth):
-            conv, norm = self.features[4 * d], self.features[4 * d + 1]
-            c = conv2d(h, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
-            h = fused_block.convblock(c, norm.weight, norm.bias, norm.eps, impl="auto")
-        return self.classifier(h.flatten(1))
-
-    def reference_nchw(self, x):  # native group_norm/relu/pool (the path channels-last can use)
+    def reference_nchw(self, x):  # native conv/group_norm/relu/pool (the path channels-last can use)
         return self.classifier(self.features(x).flatten(1))
 
     def reference_channels_last(self, x):
         return self.classifier(self.features(x.contiguous(memory_format=torch.channels_last)).flatten(1))
 
-    return {"default (fused block, NCHW)": default, "first conv via unfold+matmul": unfold_first,
-            "conv double backward on the backward kernels (ops.conv)": backward_kernels,
+    return {"default (ops.conv convs, fused block, NCHW)": default, "first conv via unfold+matmul": unfold_first,
+            "native conv (autograd's double backward)": native_conv,
             "native block, NCHW": reference_nchw, "native block, channels-last": reference_channels_last}
 
 
