@@ -42,6 +42,20 @@ def _backward(gy, x, w, stride, padding, dilation, mask, bias=False):
                                                False, [0, 0], 1, mask)
 
 
+def _needed(ctx, i: int) -> bool:
+    """Whether the running backward pass uses input ``i``'s gradient. ``ctx.needs_input_grad`` only
+    says that the input requires grad; ``torch.autograd.grad(loss, params, create_graph=True)``
+    (the student step) never uses the gradient of the images that enter the first layer, which
+    autograd's own convolution node skips too (it asks the engine, as this does)."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    try:
+        node = ctx.next_functions[i][0]
+        return node is None or bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, RuntimeError, TypeError):  # outside a backward pass, or a torch without it
+        return True
+
+
 class _ConvBackward(Function):
     """``(x, w, gy) -> (gx, gw, gb)`` of a convolution, differentiable once more."""
 
@@ -60,12 +74,12 @@ class _ConvBackward(Function):
         x_bar = w_bar = gy_bar = None
         if ggw is not None:
             gy_bar = F.conv2d(x, ggw, None, stride, padding, dilation)
-            if ctx.needs_input_grad[0]:
+            if _needed(ctx, 0):
                 x_bar = _backward(gy, x, ggw, stride, padding, dilation, [True, False, False])[0]
         if ggx is not None:
             t = F.conv2d(ggx, w, None, stride, padding, dilation)
             gy_bar = t if gy_bar is None else gy_bar + t
-            if ctx.needs_input_grad[1]:
+            if _needed(ctx, 1):
                 w_bar = _backward(gy, ggx, w, stride, padding, dilation, [False, True, False])[1]
         if ggb is not None:  # gb = gy summed over batch and space
             t = ggb.view(1, -1, 1, 1).expand_as(gy)
@@ -83,8 +97,8 @@ class _Conv(Function):
     @staticmethod
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        need_b = ctx.has_bias and ctx.needs_input_grad[2]
+        need_x, need_w = _needed(ctx, 0), _needed(ctx, 1)
+        need_b = ctx.has_bias and _needed(ctx, 2)
         if torch.is_grad_enabled():  # create_graph: the gradient is differentiated again
             gx, gw, gb = _ConvBackward.apply(x, w, gy, *ctx.conf, need_x, need_b)
         else:

@@ -100,3 +100,26 @@ def test_third_derivative_equals_autograd():
 def test_rejects_what_it_does_not_implement():
     with pytest.raises(ValueError, match="numeric padding"):
         conv2d(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 3, 3), padding="same")
+
+
+def test_gradients_the_pass_does_not_use_are_not_computed(monkeypatch):
+    """The student step asks only for the parameters' gradient: the first layer's input gradient
+    (the images') is not computed, as autograd's own convolution node does not compute it."""
+    import mtt_fast.ops.conv as conv_mod
+
+    masks = []
+    real = conv_mod._backward
+
+    def spy(gy, x, w, stride, padding, dilation, mask, bias=False):
+        masks.append(list(mask))
+        return real(gy, x, w, stride, padding, dilation, mask, bias)
+
+    monkeypatch.setattr(conv_mod, "_backward", spy)
+    x, w, b = _tensors(CASES[0])
+    y = conv2d(x, w, b, padding=1)
+    torch.autograd.grad(y.square().sum(), (w, b), create_graph=True)
+    assert masks == [[False, True, True]]
+    masks.clear()
+    y = conv2d(x, w, b, padding=1)
+    torch.autograd.grad(y.square().sum(), (x, w, b))
+    assert masks == [[True, True, True]]
