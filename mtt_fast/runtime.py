@@ -13,6 +13,7 @@ applies on the CPU (it changes speed and resident memory, never a bit of a resul
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -63,18 +64,25 @@ def retain_freed_memory() -> bool:
     if mode not in ("retain", "system"):
         raise UserError(f"{MALLOC_ENV}={os.environ[MALLOC_ENV]!r}: expected 'retain' (the default) or 'system'")
     ok = False
-    if mode == "retain" and sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None)
-            libc.gnu_get_libc_version  # glibc only: musl's allocator has no such settings
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):
-            mallopt = None
-        if mallopt is not None:
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            ok = mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, -1) == 1
+    libc = _glibc()
+    if mode == "retain" and libc is not None:
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
     _retained = ok
     return ok
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library when it is glibc on Linux (musl's allocator has no such settings)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version, libc.mallopt  # noqa: B018 - present in glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -85,14 +93,11 @@ class _Mallinfo2(ctypes.Structure):
 def retained_free_bytes() -> int:
     """Bytes this process's heap holds free for reuse (glibc's ``mallinfo2().fordblks``); 0 when
     :func:`retain_freed_memory` is not in effect or the C library cannot say."""
-    if not _retained:
+    libc = _glibc()
+    if not _retained or libc is None or not hasattr(libc, "mallinfo2"):  # mallinfo2: glibc >= 2.33
         return 0
-    try:
-        fn = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
-        return 0
-    fn.argtypes, fn.restype = [], _Mallinfo2
-    return int(fn().fordblks)
+    libc.mallinfo2.argtypes, libc.mallinfo2.restype = [], _Mallinfo2
+    return int(libc.mallinfo2().fordblks)
 
 
 def runtime(device: torch.device | str = "cpu") -> dict:

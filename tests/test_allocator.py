@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 
 CHILD = r"""
 import resource, sys, torch
-from mtt_fast.match.auto import _cpu_available_bytes
+from mtt_fast.match.auto import DEFAULT_BUDGET_FRACTION, DEFAULT_BUDGET_RESERVE, default_memory_budget
 from mtt_fast.runtime import retain_freed_memory, retained_free_bytes
 from mtt_fast.stages.common import resolve_device
 
@@ -26,7 +26,9 @@ for _ in range(3):
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     del xs
 mem = int(next(l for l in open("/proc/meminfo") if l.startswith("MemAvailable:")).split()[1]) * 1024
-print(retain_freed_memory(), faults[-1], retained_free_bytes(), _cpu_available_bytes() - mem)
+budget, _ = default_memory_budget("cpu")  # what auto's default budget counts as free, beyond MemAvailable
+counted = (budget + DEFAULT_BUDGET_RESERVE) / DEFAULT_BUDGET_FRACTION
+print(retain_freed_memory(), faults[-1], retained_free_bytes(), int(counted - mem))
 """
 
 

@@ -84,17 +84,15 @@ def parse_memory_size(text: str | int) -> int:
 
 
 def _cpu_available_bytes() -> int:
-    """The OS's available memory plus what this process's heap holds free for reuse (see
-    :func:`mtt_fast.runtime.retain_freed_memory`: without it the budget would shrink by the
-    previous iteration's memory on every later one)."""
+    """The OS's available memory (``MemAvailable``, else its free pages)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 + retained_free_bytes()
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") + retained_free_bytes()
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def default_memory_budget(device: torch.device | str) -> tuple[int, str]:
@@ -105,8 +103,11 @@ def default_memory_budget(device: torch.device | str) -> tuple[int, str]:
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         what = "CUDA free memory"
     else:
-        free = _cpu_available_bytes()
-        what = "MemAvailable + retained heap" if retained_free_bytes() else "MemAvailable"
+        # plus what this process's heap keeps free for reuse (runtime.retain_freed_memory): without
+        # it the budget would shrink by the previous iteration's memory on every later one
+        retained = retained_free_bytes()
+        free = _cpu_available_bytes() + retained
+        what = "MemAvailable + retained heap" if retained else "MemAvailable"
     budget = max(0, int(DEFAULT_BUDGET_FRACTION * free) - DEFAULT_BUDGET_RESERVE)
     return budget, f"default: {DEFAULT_BUDGET_FRACTION:.0%} of {what} ({free / 2**30:.2f} GiB) less 512 MiB"
 
