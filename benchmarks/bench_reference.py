@@ -11,7 +11,8 @@ on the images and on the learnable lr.
 The "ours" side runs the same iteration (same shapes, DSA, optimizers) through
 ``ENGINES["auto"]`` with the default network ops (fused blocks and DSA where built and
 verified) and the default memory budget (or ``--small-budget`` at ``--budget-n``), and
-records the budget and the number of kept step graphs it chose.
+records the budget and the number of kept step graphs it chose. At ``--budget-n`` the
+``adjoint`` engine runs too: the small budget's row is held against it.
 
 Setting (issue 19's fmnist setting): 28x28x1, ConvNet-D3 width 128 instance norm, 10
 classes, ipc 10 (100 images), batch_syn 100, DSA on, 2 threads; N in {10, 20, 40, 80}; at
@@ -126,8 +127,10 @@ def _our_iteration(state: dict, steps: int, gen) -> dict:
 
     images, cfg = state["images"], state["cfg"]
     plan = plan_steps(len(images), tuple(images.shape[1:]), steps, cfg["batch_syn"], state["dsa"], gen)
-    res = ENGINES["auto"](state["student"], state["start"], state["target"], images.detach(), state["labels"],
-                          state["syn_lr"].detach(), plan, memory_budget=state["budget"])
+    engine = state.get("engine") or "auto"
+    kw = {"memory_budget": state["budget"]} if engine == "auto" else {}
+    res = ENGINES[engine](state["student"], state["start"], state["target"], images.detach(), state["labels"],
+                          state["syn_lr"].detach(), plan, **kw)
     state["opt_img"].zero_grad()
     state["opt_lr"].zero_grad()
     images.grad = res.grad_images
@@ -171,6 +174,7 @@ def _child(spec: dict) -> dict:
     else:
         state["student"] = Student.of(net)
         state["budget"] = spec.get("memory_budget")
+        state["engine"] = spec.get("engine")
         step = _our_iteration
     gen = torch.Generator().manual_seed(1)
     times, last = [], {}
@@ -226,17 +230,18 @@ def _table(rows: list[dict], steps: list[int], cfg: dict, args) -> str:
              f"w{cfg['width']} instancenorm, ipc {cfg['ipc']} ({cfg['ipc'] * cfg['classes']} images), batch_syn "
              f"{cfg['batch_syn']}, DSA on; median s/iteration over {args.iters} iterations after one warm-up; "
              "peak RSS of each fresh process.", "",
-             "| N | reference loop s/it | ours (auto) s/it | speed-up | reference RSS | ours RSS "
+             "| N | reference loop s/it | ours s/it | speed-up | reference RSS | ours RSS "
              "| budget ours chose | kept step graphs | reference, retained heap s/it | speed-up over it |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for n in steps:
         ref = next((r for r in rows if r["N"] == n and r["side"] == "reference" and not r.get("retain")), {})
         ref_r = next((r for r in rows if r["N"] == n and r["side"] == "reference" and r.get("retain")), {})
         for ours in (r for r in rows if r["N"] == n and r["side"] == "ours"):
-            info = ours.get("engine_info", {})
+            info = ours.get("engine_info") or {}
             speed = f"{ref['median_s'] / ours['median_s']:.2f}x" if "median_s" in ref and "median_s" in ours else "-"
             how = f"--memory-budget {ours['memory_budget_arg']}" if ours["memory_budget_arg"] else "default"
-            budget = f"{info['memory_budget'] / 2**30:.2f} GiB ({how})" if info else how
+            budget = (f"{info['memory_budget'] / 2**30:.2f} GiB ({how})" if info.get("memory_budget")
+                      else f"{ours.get('engine', 'auto')} engine (no budget)")
             kept = f"{info['kept_steps']} / {info['steps']}" if info else "-"
             speed_r = (f"{ref_r['median_s'] / ours['median_s']:.2f}x" if "median_s" in ref_r and "median_s" in ours
                        else "-")
@@ -284,14 +289,15 @@ def main() -> None:
         sides: list[tuple[str, str | None]] = [("reference", None), ("ours", None)]
         if j % 2:
             sides.reverse()
-        if n == budget_n:
-            sides.append(("ours", small))
+        if n == budget_n:  # the small budget, and the adjoint engine it is held against
+            sides += [("ours", small), ("ours", "engine:adjoint")]
         if args.reference_retained:
             sides.append(("reference", "retain"))
         for side, budget in sides:
             retain = side == "reference" and budget == "retain"
-            budget = None if retain else budget
-            row: dict = {"N": n, "side": side, "memory_budget_arg": budget, "retain": retain}
+            engine = budget.split(":", 1)[1] if budget and budget.startswith("engine:") else None
+            budget = None if retain or engine else budget
+            row: dict = {"N": n, "side": side, "memory_budget_arg": budget, "retain": retain, "engine": engine or "auto"}
             if side == "reference" and len(ref_mem) >= 2:  # (the retained-heap run follows the plain one)
                 (n1, m1), (n2, m2) = ref_mem[-2:]
                 pred = m2 + (m2 - m1) / (n2 - n1) * (n - n2)
@@ -301,7 +307,7 @@ def main() -> None:
                     print(row, flush=True)
                     continue
             spec = {"side": side, "steps": n, "iters": args.iters, "threads": args.threads, "cfg": cfg,
-                    "memory_budget": budget, "retain": retain}
+                    "memory_budget": budget, "retain": retain, "engine": engine}
             row.update(_run_child(spec, args.timeout))
             if side == "reference" and not retain and "peak_rss_mib" in row:
                 ref_mem.append((n, row["peak_rss_mib"]))
