@@ -190,14 +190,17 @@ class Study:
         return self.out / f"{method}_ipc{ipc}"
 
     # ------------------------------------------------------------------ running
-    def run(self, jobs: int) -> None:
-        """Run every unfinished cell whose dependencies are done, ``jobs`` at a time."""
+    def run(self, jobs: int, only: list[str] | None = None) -> None:
+        """Run every unfinished cell (of ``only``, when given) whose dependencies are done, ``jobs`` at a time."""
+        unknown = [c for c in only or [] if c not in self.cells]
+        if unknown:
+            raise SystemExit(f"error: --cells: no cell named {', '.join(unknown)} (cells: {', '.join(self.cells)})")
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         times = _read(self.out / "times.json") or {}
-        pending = [c for c in self.cells.values() if not c.done()]
+        pending = [c for c in self.cells.values() if not c.done() and (not only or c.name in only)]
         running: dict[str, tuple[subprocess.Popen, float]] = {}
         log_files: dict[str, object] = {}
         failed: list[str] = []
@@ -266,6 +269,12 @@ def _f(v, nd: int = 4, pct: bool = False) -> str:
 def report(study: Study, args, times: dict, t_start: float) -> None:
     s, ipcs, archs = study.s, study.ipcs, study.s["eval"]["archs"]
     gans = {n: study.gan_record(n) for n in ("gan_ada", "gan_diffaug", "gan_ada_limited", "gan_diffaug_limited")}
+    stem = "glad_study_quick" if args.quick else "glad_study"
+    before = _read(RESULTS / f"{stem}.json") or {}
+    for n, rec in gans.items():  # a finished generator whose run directory is not here: its committed record
+        old = (before.get("generators") or {}).get(n) or {}
+        if not rec["done"] and not rec["steps"] and old.get("done"):
+            gans[n] = {**old, "carried_from_commit": old.get("carried_from_commit") or before.get("commit")}
     table = []
     for ipc in ipcs:
         choice, grid = study.glad_choice(ipc)
@@ -276,7 +285,6 @@ def report(study: Study, args, times: dict, t_start: float) -> None:
                           "unseen_mean": sum(unseen) / len(unseen) if unseen and len(unseen) == len(archs) - 1 else None,
                           **({"glad_choice": choice, "glad_grid": grid} if method == "glad" else {})})
     quick = args.quick
-    stem = "glad_study_quick" if quick else "glad_study"
     grids = RESULTS / f"{stem}_grids"
     grids.mkdir(parents=True, exist_ok=True)
     for n in gans:
@@ -307,7 +315,9 @@ def report(study: Study, args, times: dict, t_start: float) -> None:
          "|---|---|---|---|---|---|---|---|"]
     for n, g in gans.items():
         per = s["limited"] if "limited" in n else (s["gan"]["max_train_per_class"] or "all")
-        L.append(f"| {n} | {per} | {g['steps']}{'' if g['done'] else ' (running)'} | {_f(g['class_consistency'], pct=True)} | "
+        state = (f" (run at commit {g['carried_from_commit'][:7]}; its directory is not under --out)"
+                 if g.get("carried_from_commit") else "" if g["done"] else " (running)")
+        L.append(f"| {n} | {per} | {g['steps']}{state} | {_f(g['class_consistency'], pct=True)} | "
                  f"{_f(g['kid'])} | {_f(g['best_kid'])} ({g['best_step']}) | {_f(g['diversity_ratio'], 3)} | "
                  f"{_f(g['final_p'], 3)} |")
     L += ["", f"Sample grids (last step, fixed latents): `benchmarks/results/{stem}_grids/`.", "",
@@ -355,6 +365,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="Networks per evaluation cell.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report-only", action="store_true", help="Write the report from the finished cells; run nothing.")
+    ap.add_argument("--cells", default="", help="Comma-separated cell names: run only these (their dependencies "
+                    "must be finished); the report still covers every cell.")
     args = ap.parse_args()
     t_start = time.perf_counter()
     s = json.loads(json.dumps(QUICK if args.quick else FULL, default=list))
@@ -369,7 +381,7 @@ def main() -> None:
         s["eval"]["repeats"] = args.repeats
     study = Study(Path(args.out).resolve(), s, [int(i) for i in args.ipcs.split(",") if i], args.seed)
     if not args.report_only:
-        study.run(max(1, args.jobs))
+        study.run(max(1, args.jobs), [c for c in args.cells.split(",") if c])
     report(study, args, _read(study.out / "times.json") or {}, t_start)
 
 
