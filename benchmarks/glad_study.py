@@ -80,7 +80,11 @@ QUICK: dict = {
     "glad_grid": [("wp", -1), ("w", 0)],
     "eval": {"epochs": 3, "repeats": 1, "archs": ["convnet", "alexnet"]},
 }
-GAN_RECIPES = {"ada": ["--augment", "ada"], "diffaug": ["--augment", "diffaug", "--style-mixing", "0"]}
+GAN_RECIPES = {"ada": ["--augment", "ada"], "diffaug": ["--augment", "diffaug", "--style-mixing", "0"],
+               # the two other corners of (augment x style mixing): which of the two changes made the difference
+               "ada_nomix": ["--augment", "ada", "--style-mixing", "0"], "diffaug_mix": ["--augment", "diffaug"]}
+RECIPE_LABEL = {"ada": "ADA, mixing 0.9 (default)", "diffaug": "diffaug, no mixing (before)",
+                "ada_nomix": "ADA, no mixing", "diffaug_mix": "diffaug, mixing 0.9"}
 
 
 def _opts(d: dict) -> list[str]:
@@ -166,9 +170,12 @@ class Study:
         kids = [r["kid"] for r in _jsonl(self.out / name / "metrics.jsonl") if r.get("kid") is not None]
         return min(kids) if kids else None
 
-    def generator(self) -> str:
-        """The full-data generator with the lower best mean kernel distance (ties: ADA), its best checkpoint."""
+    def generator(self) -> str | None:
+        """The full-data generator with the lowest best mean kernel distance (ties: ADA), its best
+        checkpoint; None while no full-data generator under ``--out`` has a quality step."""
         kids = {r: self.best_kid(f"gan_{r}") for r in GAN_RECIPES}
+        if all(k is None for k in kids.values()):
+            return None
         pick = min(GAN_RECIPES, key=lambda r: (kids[r] is None, kids[r] if kids[r] is not None else 0.0))
         return str((self.out / f"gan_{pick}" / "generator_best.json").resolve())
 
@@ -268,7 +275,8 @@ def _f(v, nd: int = 4, pct: bool = False) -> str:
 
 def report(study: Study, args, times: dict, t_start: float) -> None:
     s, ipcs, archs = study.s, study.ipcs, study.s["eval"]["archs"]
-    gans = {n: study.gan_record(n) for n in ("gan_ada", "gan_diffaug", "gan_ada_limited", "gan_diffaug_limited")}
+    names = [f"gan_{r}{sfx}" for sfx in ("", "_limited") for r in GAN_RECIPES]
+    gans = {n: study.gan_record(n) for n in names}
     stem = "glad_study_quick" if args.quick else "glad_study"
     before = _read(RESULTS / f"{stem}.json") or {}
     for n, rec in gans.items():  # a finished generator whose run directory is not here: its committed record
@@ -311,28 +319,32 @@ def report(study: Study, args, times: dict, t_start: float) -> None:
               "kid = unbiased kernel distance to real validation images, mean over classes (lower is better); "
               "diversity = mean pairwise feature distance within a class, generated / real (1 = as varied as "
               "real). Best = the quality step with the lowest kid (generator_best.json)."), "",
-         "| run | images/class | steps | class consistency % | kid (last) | kid (best, step) | diversity gen/real | final p |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| run | recipe | images/class | steps | class consistency % | kid (last) | kid (best, step) | diversity gen/real | final p |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for n, g in gans.items():
+        if not g["done"] and not g["steps"]:
+            continue  # never started
         per = s["limited"] if "limited" in n else (s["gan"]["max_train_per_class"] or "all")
         state = (f" (run at commit {g['carried_from_commit'][:7]}; its directory is not under --out)"
                  if g.get("carried_from_commit") else "" if g["done"] else " (running)")
-        L.append(f"| {n} | {per} | {g['steps']}{state} | {_f(g['class_consistency'], pct=True)} | "
+        recipe = RECIPE_LABEL[n[len("gan_"):].removesuffix("_limited")]
+        L.append(f"| {n} | {recipe} | {per} | {g['steps']}{state} | {_f(g['class_consistency'], pct=True)} | "
                  f"{_f(g['kid'])} | {_f(g['best_kid'])} ({g['best_step']}) | {_f(g['diversity_ratio'], 3)} | "
                  f"{_f(g['final_p'], 3)} |")
     L += ["", f"Sample grids (last step, fixed latents): `benchmarks/results/{stem}_grids/`.", "",
           f"### Limited data ({s['limited']} images per class): quality over steps", "",
-          "| step | kid ADA | kid diffaug | diversity ADA | diversity diffaug | consistency ADA | consistency diffaug |",
-          "|---|---|---|---|---|---|---|"]
-    a = {r["step"]: r for r in gans["gan_ada_limited"]["curve"]}
-    b = {r["step"]: r for r in gans["gan_diffaug_limited"]["curve"]}
-    for step in sorted(set(a) | set(b)):
-        ra, rb = a.get(step, {}), b.get(step, {})
-        L.append(f"| {step} | {_f(ra.get('kid'))} | {_f(rb.get('kid'))} | {_f(ra.get('diversity_ratio'), 3)} | "
-                 f"{_f(rb.get('diversity_ratio'), 3)} | {_f(ra.get('class_consistency'), pct=True)} | "
-                 f"{_f(rb.get('class_consistency'), pct=True)} |")
+          "kid / diversity gen/real / class consistency % of each recipe that ran:", ""]
+    lim = [r for r in GAN_RECIPES if gans[f"gan_{r}_limited"]["curve"]]
+    curves = {r: {c["step"]: c for c in gans[f"gan_{r}_limited"]["curve"]} for r in lim}
+    L += ["| step | " + " | ".join(RECIPE_LABEL[r] for r in lim) + " |", "|---|" + "---|" * len(lim)]
+    for step in sorted(set().union(*[set(c) for c in curves.values()]) if curves else []):
+        L.append(f"| {step} | " + " | ".join(
+            f"{_f(curves[r].get(step, {}).get('kid'))} / {_f(curves[r].get(step, {}).get('diversity_ratio'), 3)} / "
+            f"{_f(curves[r].get(step, {}).get('class_consistency'), pct=True)}" for r in lim) + " |")
     L += ["", "## Distillation: test accuracy %, mean ± std over the networks of each cell", "",
-          (f"GLaD's generator: `{Path(meta['generator_for_glad']).parent.name}` (lower best kid). GLaD row = the "
+          ((f"GLaD's generator: `{Path(meta['generator_for_glad']).parent.name}` (lowest best kid of the full-data "
+            "generators under --out). " if meta["generator_for_glad"] else
+            "GLaD's generator: not chosen yet (no full-data generator under --out). ") + "GLaD row = the "
            "grid point with the best validation score (grid below). Unseen = mean over the architectures other "
            "than ConvNet."),
           "", "| method | ipc | " + " | ".join(archs) + " | unseen mean |", "|---|---|" + "---|" * (len(archs) + 1)]
