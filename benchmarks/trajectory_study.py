@@ -248,9 +248,90 @@ UNIT_SECONDS = {"expert_step_256": 1.44, "mtt_image_step": 0.016,
                 "test_images": 10000}
 
 
-def estimate(s: dict, table_rows, ipcs: list[int], archs: list[str], sam: bool = False) -> str:
-    """A rough CPU-seconds estimate of the whole setting from ``UNIT_SECONDS`` (see its note)."""
-    u, e = UNIT_SECONDS, s["experts"]
+UNITS_FILE = RESULTS / "trajectory_study_units_cpu.json"
+
+
+def measure_units(threads: int = 1, res: int = 28) -> dict:
+    """``UNIT_SECONDS``' entries timed on this machine now (``--measure-units``), with the study's own
+    code paths: an expert step (ConvNet-D3 w32, 256 images, DSA), one ``auto`` MTT iteration per
+    synthetic image per student step (ipc 10, N 10, the experts' network), one evaluation SGD step
+    per architecture on 10 and 100 images (EvalConfig's networks, DSA, EMA: ``train_on_synset``)
+    and the test pass per image (``predict_proba``). Medians of a few repetitions after a warm-up."""
+    import statistics
+
+    import torch
+
+    from mtt_fast.augment import DSAConfig
+    from mtt_fast.evaluate.metrics import predict_proba
+    from mtt_fast.evaluate.protocol import EvalConfig, train_on_synset
+    from mtt_fast.fit import fit_classifier
+    from mtt_fast.match import ENGINES, Student, plan_steps
+    from mtt_fast.models import FlatParams, get_network
+    from mtt_fast.runtime import retain_freed_memory
+
+    torch.set_num_threads(threads)
+    retain_freed_memory()
+    gen = torch.Generator().manual_seed(0)
+
+    def timed(fn, reps: int = 3) -> float:
+        fn()  # warm-up
+        out = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return statistics.median(out)
+
+    units: dict = {"eval_step": {}, "test_image": {}}
+    net = get_network("convnet", 1, 10, res, width=32, depth=3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(256, 1, res, res), torch.arange(256) % 10
+    units["expert_step_256"] = timed(lambda: fit_classifier(net, lambda e: [(x, y)], opt, epochs=1, dsa=DSAConfig(),
+                                                              generator=gen), reps=5)
+    student = Student.of(net)
+    start = FlatParams.of(net).flatten(net)
+    target = start + 0.01 * torch.randn_like(start)
+    n, steps = 100, 10
+    images, labels = torch.randn(n, 1, res, res), torch.arange(n) % 10
+
+    def mtt() -> None:
+        plan = plan_steps(n, (1, res, res), steps, n, DSAConfig(), gen)
+        ENGINES["auto"](student, start, target, images, labels, torch.tensor(0.01), plan)
+
+    units["mtt_image_step"] = timed(mtt, reps=2) / (steps * (n + 10))
+
+    class _Split:  # what predict_proba reads: len() and get(indices, device)
+        def __init__(self, m: int) -> None:
+            self.x = torch.randn(m, 1, res, res)
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def get(self, idx, device="cpu"):
+            return self.x[idx].to(device)
+
+    test = _Split(1000)
+    for arch in ARCHS:
+        per_n = []
+        for m in (10, 100):
+            xs, ys = torch.randn(m, 1, res, res), torch.arange(m) % 10
+            def train(epochs: int) -> None:
+                train_on_synset(arch, xs, ys, channels=1, num_classes=10, res=res, lr=0.01,
+                                cfg=EvalConfig(epochs=epochs), seed=0)
+
+            # one step per epoch (n <= batch 256): the slope between 1 and 5 epochs, without the setup
+            per_n.append(max(timed(lambda: train(5), reps=1) - timed(lambda: train(1), reps=1), 0.0) / 4)
+        units["eval_step"][arch] = tuple(per_n)
+        model = get_network(arch, 1, 10, res)
+        units["test_image"][arch] = timed(lambda: predict_proba(model, test), reps=2) / len(test)
+    units["coreset_cell"] = UNIT_SECONDS["coreset_cell"]  # not measured: a coreset cell is one expert pass
+    units["test_images"] = UNIT_SECONDS["test_images"]
+    return units
+
+
+def estimate(s: dict, table_rows, ipcs: list[int], archs: list[str], sam: bool = False, units: dict | None = None) -> str:
+    """A rough CPU-seconds estimate of the whole setting from ``units`` (default ``UNIT_SECONDS``)."""
+    u, e = units or UNIT_SECONDS, s["experts"]
     steps_per_epoch = math.ceil(60000 / e["batch_size"]) * e["batch_size"] / 256
     one_store = e["num_experts"] * e["epochs"] * steps_per_epoch * u["expert_step_256"]
     parts = {"experts": one_store * (3 if sam else 1)}  # a SAM step costs two plain ones
@@ -271,8 +352,9 @@ def estimate(s: dict, table_rows, ipcs: list[int], archs: list[str], sam: bool =
     parts.update({"distill": distill, "eval": evals})
     total = sum(parts.values())
     lines = [f"{k}: {v / 3600:.1f} CPU-hours" for k, v in parts.items()]
-    return ("\n".join(lines) + f"\ntotal: {total / 3600:.1f} CPU-hours on one loaded core of this machine "
-            f"(UNIT_SECONDS; an idle modern core is about 3x faster); wall ~ total / --jobs")
+    where = ("units measured by --measure-units" if units else
+             "UNIT_SECONDS, measured on a loaded core of this machine; an idle one is about 3x faster")
+    return "\n".join(lines) + f"\ntotal: {total / 3600:.1f} CPU-hours on one core ({where}); wall ~ total / --jobs"
 
 
 def _int_keys(d: dict) -> dict:
@@ -300,8 +382,21 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="Write the report from the finished cells; run nothing.")
     ap.add_argument("--repeats", type=int, default=None, help="Networks per architecture in the final evaluation.")
     ap.add_argument("--eval-epochs", type=int, default=None, help="Epochs of each final evaluation network.")
-    ap.add_argument("--estimate", action="store_true", help="Print the CPU time the setting needs; run nothing.")
+    ap.add_argument("--estimate", action="store_true", help="Print the CPU time the setting needs; run nothing "
+                    "(from the units --measure-units wrote, where they exist).")
+    ap.add_argument("--measure-units", action="store_true", help="Time the study's unit costs on this machine "
+                    f"(--threads threads), write {UNITS_FILE.name} under benchmarks/results/; run nothing else.")
     args = ap.parse_args()
+    if args.measure_units:
+        import torch
+
+        units = measure_units(args.threads)
+        UNITS_FILE.write_text(json.dumps({"commit": source_commit(), "torch": torch.__version__,
+                                          "threads": args.threads, "load_average": os.getloadavg(),
+                                          "units": units}, indent=1) + "\n")
+        print(json.dumps(units, indent=1))
+        print(f"wrote {UNITS_FILE}")
+        return
     t_start = time.perf_counter()
     s = json.loads(json.dumps(SETTINGS["quick" if args.quick else "full"]), object_hook=_int_keys)
     if args.repeats is not None:
@@ -338,7 +433,8 @@ def main() -> None:
                                                 str(s["eval"]["repeats"]), "--epochs", str(s["eval"]["epochs"]),
                                                 "--seed", str(args.seed), "--out", str(ev)], logs))
     if args.estimate:
-        print(estimate(s, table_rows, ipcs, archs, sam=args.sam_rho is not None))
+        measured = json.loads(UNITS_FILE.read_text())["units"] if UNITS_FILE.is_file() else None
+        print(estimate(s, table_rows, ipcs, archs, sam=args.sam_rho is not None, units=measured))
         return
     failed: list[str] = []
     if not args.report_only:
