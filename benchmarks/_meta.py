@@ -9,7 +9,9 @@ sets it from ``.data/commit``, written before the call).
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
+import time
 
 
 def source_commit() -> str | None:
@@ -23,3 +25,15 @@ def source_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("+dirty" if dirty == 1 else "")
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn`` after one warm-up call (CPU work:
+    nothing to synchronize)."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)

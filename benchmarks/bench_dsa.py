@@ -31,11 +31,10 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
-from _meta import source_commit
+from _meta import median_seconds, source_commit
 
 from mtt_fast.augment import DEFAULT_STRATEGY, DSAConfig, apply, parse_strategy, sample_params
 from mtt_fast.augment.fused import clear_pack_cache, pack
@@ -65,16 +64,7 @@ def _timer(device: str):
 
         return run
 
-    def run_cpu(fn, repeats: int) -> float:
-        fn()
-        out = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-        return statistics.median(out)
-
-    return run_cpu
+    return median_seconds
 
 
 def _repeats(device: str, numel: int) -> int:

@@ -213,33 +213,6 @@ def _unfold_first_conv(conv, h):
     return (torch.matmul(w.reshape(w.shape[0], -1), cols) + conv.bias.view(1, -1, 1)).view(n, w.shape[0], ho, wo)
 
 
-def _merged_gy_bar_backward(ctx, ggx, ggw, ggb):
-    """ops.conv._ConvBackward.backward with ``conv(x, ggw) + conv(ggx, w)`` as ONE convolution of
-    the channel-concatenated operands (same FLOPs, one GEMM with twice the reduction length)."""
-    from torch.nn import functional as F
-
-    from mtt_fast.ops import conv as conv_op
-
-    x, w, gy = ctx.saved_tensors
-    stride, padding, dilation = ctx.conf
-    ggx = ggx if ctx.need_x else None
-    x_bar = w_bar = gy_bar = None
-    if ggw is not None and ggx is not None:
-        gy_bar = F.conv2d(torch.cat([x, ggx], 1), torch.cat([ggw, w], 1), None, stride, padding, dilation)
-    elif ggw is not None:
-        gy_bar = F.conv2d(x, ggw, None, stride, padding, dilation)
-    elif ggx is not None:
-        gy_bar = F.conv2d(ggx, w, None, stride, padding, dilation)
-    if ggw is not None and conv_op._needed(ctx, 0):
-        x_bar = conv_op._backward(gy, x, ggw, stride, padding, dilation, [True, False, False])[0]
-    if ggx is not None and conv_op._needed(ctx, 1):
-        w_bar = conv_op._backward(gy, ggx, w, stride, padding, dilation, [False, True, False])[1]
-    if ggb is not None:
-        t = ggb.view(1, -1, 1, 1).expand_as(gy)
-        gy_bar = t if gy_bar is None else gy_bar + t
-    return x_bar, w_bar, gy_bar, None, None, None, None, None
-
-
 def _variant_forwards() -> dict:
     """ConvNet.forward replacements: the default (ops.conv convolutions, fused block), the native
     convolution, the first conv via unfold, the native block in NCHW and channels-last."""
@@ -275,8 +248,19 @@ def _variant_forwards() -> dict:
 
     from mtt_fast.ops import conv as conv_op
 
+    from torch.nn import functional as F
+
+    two_convs = conv_op._gy_bar
+
+    def one_conv_gy_bar(x, w, ggx, ggw, stride, padding, dilation):
+        """``conv(x, ggw) + conv(ggx, w)`` as ONE convolution of the channel-concatenated
+        operands (same FLOPs, one GEMM with twice the reduction length)."""
+        if ggw is None or ggx is None:
+            return two_convs(x, w, ggx, ggw, stride, padding, dilation)
+        return F.conv2d(torch.cat([x, ggx], 1), torch.cat([ggw, w], 1), None, stride, padding, dilation)
+
     # patched for the whole iteration (the double backward runs after the forward has returned)
-    merged_gy_bar.patch = (conv_op._ConvBackward, "backward", staticmethod(_merged_gy_bar_backward))
+    merged_gy_bar.patch = (conv_op, "_gy_bar", one_conv_gy_bar)
 
     return {"default (ops.conv convs, fused block, NCHW)": default, "first conv via unfold+matmul": unfold_first,
             "gy_bar as one conv (channel concat)": merged_gy_bar,

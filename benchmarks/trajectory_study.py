@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import source_commit
+from _meta import median_seconds, source_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHS = ["convnet", "alexnet", "vgg11", "resnet18"]
@@ -257,8 +257,6 @@ def measure_units(threads: int = 1, res: int = 28) -> dict:
     synthetic image per student step (ipc 10, N 10, the experts' network), one evaluation SGD step
     per architecture on 10 and 100 images (EvalConfig's networks, DSA, EMA: ``train_on_synset``)
     and the test pass per image (``predict_proba``). Medians of a few repetitions after a warm-up."""
-    import statistics
-
     import torch
 
     from mtt_fast.augment import DSAConfig
@@ -274,13 +272,7 @@ def measure_units(threads: int = 1, res: int = 28) -> dict:
     gen = torch.Generator().manual_seed(0)
 
     def timed(fn, reps: int = 3) -> float:
-        fn()  # warm-up
-        out = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-        return statistics.median(out)
+        return median_seconds(fn, reps)
 
     units: dict = {"eval_step": {}, "test_image": {}}
     net = get_network("convnet", 1, 10, res, width=32, depth=3)

@@ -66,10 +66,14 @@ def retain_freed_memory() -> bool:
     ok = False
     libc = _glibc()
     if mode == "retain" and libc is not None:
-        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
         ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
     _retained = ok
     return ok
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
 @functools.cache
@@ -82,12 +86,10 @@ def _glibc() -> ctypes.CDLL | None:
         libc.gnu_get_libc_version, libc.mallopt  # noqa: B018 - present in glibc only
     except (OSError, AttributeError):
         return None
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
+        libc.mallinfo2.argtypes, libc.mallinfo2.restype = [], _Mallinfo2
     return libc
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
 def retained_free_bytes() -> int:
@@ -96,7 +98,6 @@ def retained_free_bytes() -> int:
     libc = _glibc()
     if not _retained or libc is None or not hasattr(libc, "mallinfo2"):  # mallinfo2: glibc >= 2.33
         return 0
-    libc.mallinfo2.argtypes, libc.mallinfo2.restype = [], _Mallinfo2
     return int(libc.mallinfo2().fordblks)
 
 

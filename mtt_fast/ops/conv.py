@@ -56,6 +56,19 @@ def _needed(ctx, i: int) -> bool:
         return True
 
 
+def _gy_bar(x, w, ggx, ggw, stride, padding, dilation):
+    """The double backward's ``d/d gy``: ``conv(x, ggw) + conv(ggx, w)`` (a term is left out when
+    its cotangent is None; None when both are). A module function, so
+    ``benchmarks/profile_step.py`` can time other ways of computing it."""
+    out = None
+    if ggw is not None:
+        out = F.conv2d(x, ggw, None, stride, padding, dilation)
+    if ggx is not None:
+        t = F.conv2d(ggx, w, None, stride, padding, dilation)
+        out = t if out is None else out + t
+    return out
+
+
 class _ConvBackward(Function):
     """``(x, w, gy) -> (gx, gw, gb)`` of a convolution, differentiable once more."""
 
@@ -71,16 +84,12 @@ class _ConvBackward(Function):
         x, w, gy = ctx.saved_tensors
         stride, padding, dilation = ctx.conf
         ggx = ggx if ctx.need_x else None
-        x_bar = w_bar = gy_bar = None
-        if ggw is not None:
-            gy_bar = F.conv2d(x, ggw, None, stride, padding, dilation)
-            if _needed(ctx, 0):
-                x_bar = _backward(gy, x, ggw, stride, padding, dilation, [True, False, False])[0]
-        if ggx is not None:
-            t = F.conv2d(ggx, w, None, stride, padding, dilation)
-            gy_bar = t if gy_bar is None else gy_bar + t
-            if _needed(ctx, 1):
-                w_bar = _backward(gy, ggx, w, stride, padding, dilation, [False, True, False])[1]
+        x_bar = w_bar = None
+        gy_bar = _gy_bar(x, w, ggx, ggw, stride, padding, dilation)
+        if ggw is not None and _needed(ctx, 0):
+            x_bar = _backward(gy, x, ggw, stride, padding, dilation, [True, False, False])[0]
+        if ggx is not None and _needed(ctx, 1):
+            w_bar = _backward(gy, ggx, w, stride, padding, dilation, [False, True, False])[1]
         if ggb is not None:  # gb = gy summed over batch and space
             t = ggb.view(1, -1, 1, 1).expand_as(gy)
             gy_bar = t if gy_bar is None else gy_bar + t
