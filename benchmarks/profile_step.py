@@ -201,6 +201,99 @@ def profile_path(path: str, steps: int) -> dict:
             "conv_total_gflops_per_s": sum(v["flops"] for v in conv.values()) / max(sum(v["us"] for v in conv.values()), 1) / 1e3}
 
 
+# ------------------------------------------------------------------------------ conv rate by plain timers
+def _conv_timer():
+    """A ``TorchDispatchMode`` that times every ``aten.convolution`` / ``aten.convolution_backward``
+    call (the two ops every conv path ends in, ours and autograd's double backward alike) with
+    ``perf_counter`` around the call, and charges it the FLOPs ``_conv_flops`` counts. CPU ops run
+    synchronously, so the interval is the op's own time; unlike the profiler it adds nothing inside
+    the interval (the profiler's per-op records inflate some events: layer 1's double-backward conv
+    reads about 140 ms under it against 8 ms by this timer)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    aten = torch.ops.aten
+    names = {aten.convolution.default: "aten::convolution", aten.convolution_backward.default: "aten::convolution_backward"}
+
+    class ConvTimer(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.records: list[tuple[int, int, float]] = []  # (FLOPs, input channels, seconds)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = names.get(func)
+            if name is None:
+                return func(*args, **kwargs)
+            t = time.perf_counter()
+            out = func(*args, **kwargs)
+            dt = time.perf_counter() - t
+            shapes = [list(a.shape) if isinstance(a, torch.Tensor) else None for a in args]
+            fl, cin = _conv_flops(name, shapes, list(args))
+            self.records.append((fl, cin, dt))
+            return out
+
+    return ConvTimer
+
+
+def conv_rates(steps: int, reps: int, variants: tuple[str, ...] = ("default", "native conv")) -> list[dict]:
+    """The GFLOP/s the student convolutions reach in whole unprofiled iterations: each path
+    (kept, adjoint) and conv variant, ``reps`` iterations after a warm-up, the variants
+    interleaved; per iteration the wall time, the conv seconds and FLOPs (all layers and layer 1)."""
+    import statistics
+    import warnings
+
+    from mtt_fast.match import match_auto
+    from mtt_fast.models import networks
+
+    student, start, target, images, labels, lr, plan = _setup(steps)
+    forwards = {k: v for k, v in _variant_forwards().items() if any(k.startswith(s) for s in variants)}
+    default, timer = networks.ConvNet.forward, _conv_timer()
+    out = []
+    try:
+        for path, budget in (("kept", 10**13), ("adjoint", 1)):
+            p = plan()
+            its: dict = {k: [] for k in forwards}
+            for rep in range(reps + 1):  # rep 0: warm-up, not kept
+                for name, fwd in forwards.items():
+                    networks.ConvNet.forward = fwd
+                    mode = timer()
+                    with warnings.catch_warnings(), mode:
+                        warnings.simplefilter("ignore")
+                        t = time.perf_counter()
+                        match_auto(student, start, target, images, labels, lr, p, memory_budget=budget)
+                        wall = time.perf_counter() - t
+                    if rep:
+                        rec = mode.records
+                        fl, s = sum(r[0] for r in rec), sum(r[2] for r in rec)
+                        fl1, s1 = sum(r[0] for r in rec if r[1] == 1), sum(r[2] for r in rec if r[1] == 1)
+                        its[name].append({"wall_s": wall, "conv_s": s, "conv_gflop": fl / 1e9, "calls": len(rec),
+                                          "gflops_per_s": fl / s / 1e9, "layer1_gflop": fl1 / 1e9, "layer1_s": s1,
+                                          "layer1_gflops_per_s": fl1 / max(s1, 1e-12) / 1e9})
+            for name, rows in its.items():
+                med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+                out.append({"path": path, "variant": name, "iterations": rows, "median": med})
+    finally:
+        networks.ConvNet.forward = default
+    return out
+
+
+def _conv_rate_markdown(rates: list[dict], steps: int, reps: int) -> str:
+    lines = [f"### Conv rate of whole unprofiled iterations (N = {steps}, {reps} iterations after a warm-up, "
+             "variants interleaved; medians)", "",
+             "Each `aten.convolution` / `aten.convolution_backward` call timed by `perf_counter` around it "
+             "(a dispatch mode, no profiler), its FLOPs counted as above. This is the figure of record for "
+             "the conv rate: the profiler's per-op records inflate some conv events (compare the wall "
+             "times above, profiled vs unprofiled).", "",
+             "| path | conv variant | iteration wall s | conv s | conv GFLOP | GFLOP/s (median) | each iteration | layer 1 GFLOP/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rates:
+        m = r["median"]
+        each = " / ".join(f"{it['gflops_per_s']:.0f}" for it in r["iterations"])
+        lines.append(f"| {r['path']} | {r['variant']} | {m['wall_s']:.2f} | {m['conv_s']:.2f} | {m['conv_gflop']:.0f} "
+                     f"| {m['gflops_per_s']:.0f} | {each} | {m['layer1_gflops_per_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------ experiments
 def _unfold_first_conv(conv, h):
     """The first conv as im2col + matmul (a candidate path for 1-channel input)."""
@@ -348,17 +441,22 @@ def main() -> None:
     ap.add_argument("--experiment-steps", type=int, default=2, help="N of the candidate A/B runs (0: skip them)")
     ap.add_argument("--experiment-reps", type=int, default=4)
     ap.add_argument("--variants", default="", help="comma list of substrings: only these candidates (and the default)")
+    ap.add_argument("--rate-reps", type=int, default=3, help="unprofiled iterations timed per path and conv variant "
+                    "for the conv rate (0: skip)")
     args = ap.parse_args()
     from mtt_fast.runtime import retain_freed_memory
 
     torch.set_num_threads(args.threads)
     retained = retain_freed_memory()  # what every stage does (MTT_FAST_MALLOC=system: the system allocator)
     results = [profile_path(p, args.steps) for p in args.paths.split(",")] if args.paths else []
+    rates = conv_rates(args.steps, args.rate_reps) if args.rate_reps else []
     exp = experiments(args.experiment_steps, args.experiment_reps, args.variants) if args.experiment_steps else []
     md = _markdown(results, args.threads) if results else ""
     alloc = ("freed memory kept for reuse (mtt_fast.runtime.retain_freed_memory, what the stages do)" if retained
              else "the system allocator (MTT_FAST_MALLOC=system)")
     md = f"Allocator: {alloc}.\n\n" + md
+    if rates:
+        md += "\n" + _conv_rate_markdown(rates, args.steps, args.rate_reps)
     if exp:
         md += (f"\n### Candidates (N = {args.experiment_steps}, {args.threads} threads; CPU s per iteration, "
                f"median of reps 2-{args.experiment_reps}, interleaved)\n\n"
@@ -374,7 +472,7 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(
         {"benchmark": "profile_step", "cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
          "commit": source_commit(), "extension": extension_info().get("loaded"), "load_average": os.getloadavg(),
-         "retained_heap": retained, "results": results, "experiments": exp}, indent=2) + "\n")
+         "retained_heap": retained, "results": results, "conv_rates": rates, "experiments": exp}, indent=2) + "\n")
     stem.with_suffix(".md").write_text(md + "\n")
     print(f"wrote {stem.with_suffix('.json')} and .md")
 
