@@ -23,6 +23,12 @@ a killed study resumes where it stopped, a finished cell is a no-op):
 5. evaluation on the 10,000 test images: every synset on every ``--archs`` architecture,
    ``--repeats`` networks, ``--eval-epochs`` epochs; ConvNet is the backbone, the others unseen.
 
+A study can span sessions on machines that keep nothing outside the repository: each finished
+cell's small outputs (synsets, evaluation results, the full-data generators' best checkpoint;
+not the buffer) are copied to ``benchmarks/results/glad_study_cells/<cell>/`` with the cell's
+command, and a later invocation on an empty ``--out`` puts back every kept cell whose command
+matches its own (other settings: the cell reruns). Commit that folder between sessions.
+
 The report: ``benchmarks/results/glad_study.{md,json}`` (``--quick``: ``glad_study_quick.*``, a
 plumbing check whose numbers mean nothing) and the generators' last sample grids in
 ``benchmarks/results/glad_study_grids/`` (``glad_study_quick_grids/``).
@@ -44,6 +50,21 @@ from _meta import source_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
+#: where each finished cell's small outputs are kept (committed), so that a study spread over
+#: several sessions on machines that do not keep --out picks up where it stopped
+KEEP = RESULTS / "glad_study_cells"
+
+
+def _kept_files(name: str) -> list[str]:
+    """The files of a finished cell that later cells and the report read (what is kept)."""
+    if name.startswith("eval_"):
+        return ["results.json"]
+    if name.startswith(("random_", "mtt_", "glad_")):
+        return ["synset/synset.safetensors", "synset/meta.json", "synset/grid.png", "summary.json"]
+    if name.startswith("gan_") and not name.endswith("_limited"):  # what GLaD distills from
+        return ["generator_best.json", "generator_best.safetensors", "generator_best.w_avg.safetensors",
+                "metrics.jsonl"]
+    return []  # the buffer and the limited-data generators: rerun if needed (their records are in the JSON)
 
 #: the study's settings (CPU scale, not the paper's); --quick overrides them with QUICK
 FULL: dict = {
@@ -123,8 +144,8 @@ class Cell:
 class Study:
     """The cells of the study (see the module docstring) and what they are chosen from."""
 
-    def __init__(self, out: Path, s: dict, ipcs: list[int], seed: int) -> None:
-        self.out, self.s, self.ipcs, self.seed = out, s, ipcs, seed
+    def __init__(self, out: Path, s: dict, ipcs: list[int], seed: int, quick: bool = False) -> None:
+        self.out, self.s, self.ipcs, self.seed, self.quick = out, s, ipcs, seed, quick
         self.data = ["--dataset", "fashion-mnist", "--res", str(s["res"]), *s["data"]]
         common = ["--seed", str(seed), "--no-progress", "--device", "cpu"]
         cells = [Cell("buffer", out / "buffer", [], lambda: ["buffer", *self.data, *_opts(s["experts"]), *common,
@@ -165,6 +186,52 @@ class Study:
                                           *common, "--out", out / "eval" / f"{method}_ipc{ipc}" / arch]))
         self.cells = {c.name: c for c in cells}
 
+    # ------------------------------------------------------------------ keeping cells between sessions
+    def _signature(self, name: str) -> list[str]:
+        """The cell's command with this study's --out written as ``{out}`` (machine-independent)."""
+        return [str(a).replace(str(self.out), "{out}") for a in self.cells[name].argv()]
+
+    def keep(self, name: str) -> None:
+        """Copy a finished cell's kept files (and its command) under ``KEEP/<name>`` (no-op with --quick)."""
+        files = _kept_files(name)
+        if self.quick or not files:
+            return
+        src, dst = self.cells[name].out, KEEP / name
+        tmp = KEEP / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for f in files:
+            if (src / f).is_file():
+                (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / f, tmp / f)
+        (tmp / "cell.json").write_text(json.dumps({"argv": self._signature(name), "commit": source_commit()}, indent=1))
+        shutil.rmtree(dst, ignore_errors=True)
+        tmp.rename(dst)
+
+    def restore(self) -> list[str]:
+        """Put back every kept cell whose run directory is not finished under --out and whose kept
+        command equals this study's (same settings); the names restored."""
+        restored = []
+        if self.quick:
+            return restored
+        for name, cell in self.cells.items():
+            rec = _read(KEEP / name / "cell.json")
+            if cell.done() or not rec:
+                continue
+            if rec.get("argv") != self._signature(name):
+                print(f"kept {name} was made with other settings: not restored (it will rerun)", flush=True)
+                continue
+            for f in _kept_files(name):
+                if (KEEP / name / f).is_file():
+                    (cell.out / f).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(KEEP / name / f, cell.out / f)
+            (cell.out / "COMPLETE").write_text(f"restored from {KEEP.relative_to(REPO)}/{name} "
+                                               f"(made at commit {rec.get('commit')})\n")
+            restored.append(name)
+        if restored:
+            print(f"restored {len(restored)} finished cells from {KEEP.relative_to(REPO)}: {', '.join(restored)}",
+                  flush=True)
+        return restored
+
     # ------------------------------------------------------------------ choices (validation only)
     def best_kid(self, name: str) -> float | None:
         kids = [r["kid"] for r in _jsonl(self.out / name / "metrics.jsonl") if r.get("kid") is not None]
@@ -202,6 +269,9 @@ class Study:
         unknown = [c for c in only or [] if c not in self.cells]
         if unknown:
             raise SystemExit(f"error: --cells: no cell named {', '.join(unknown)} (cells: {', '.join(self.cells)})")
+        for name, cell in self.cells.items():  # finished by an earlier invocation but not kept yet
+            if cell.done() and _kept_files(name) and not (KEEP / name / "cell.json").is_file():
+                self.keep(name)
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -217,6 +287,7 @@ class Study:
                     del running[name]
                     log_files.pop(name).close()
                     if proc.returncode == 0 and self.cells[name].done():
+                        self.keep(name)
                         times[name] = time.perf_counter() - t0
                         (self.out / "times.json").write_text(json.dumps(times, indent=1))
                         print(f"done   {name} ({times[name]:.0f} s)", flush=True)
@@ -391,7 +462,8 @@ def main() -> None:
         s["eval"]["archs"] = [a for a in args.archs.split(",") if a]
     if args.repeats:
         s["eval"]["repeats"] = args.repeats
-    study = Study(Path(args.out).resolve(), s, [int(i) for i in args.ipcs.split(",") if i], args.seed)
+    study = Study(Path(args.out).resolve(), s, [int(i) for i in args.ipcs.split(",") if i], args.seed, args.quick)
+    study.restore()
     if not args.report_only:
         study.run(max(1, args.jobs), [c for c in args.cells.split(",") if c])
     report(study, args, _read(study.out / "times.json") or {}, t_start)
