@@ -1,5 +1,5 @@
-"""benchmarks/glad_study.py keeps finished cells in the repository and puts them back on an empty
---out only when the cell's command (its settings) is the same."""
+"""The studies (benchmarks/glad_study.py, trajectory_study.py) keep finished cells in the repository
+and put them back on an empty --out only when the cell's command (its settings) is the same."""
 
 import json
 import sys
@@ -52,3 +52,35 @@ def test_quick_studies_keep_nothing(tmp_path, monkeypatch):
     (cell.out / "COMPLETE").write_text("")
     q.keep(cell.name)
     assert not (tmp_path / "kept").exists()
+
+
+def test_trajectory_study_cells_keep_their_synset_and_wall_time(tmp_path):
+    import trajectory_study
+
+    from _meta import KeptCells
+
+    out = tmp_path / "a"
+    run = out / "cells" / "mtt_ipc10"
+    cell = trajectory_study.Cell("mtt_ipc10", run, ["distill", "--buffer", str(out / "cells" / "buffer"), "--ipc", "10",
+                                                    "--out", str(run)], tmp_path / "logs")
+    cell.kept = KeptCells(tmp_path / "kept", out)
+    (run / "synset").mkdir(parents=True)
+    for f in ("synset/synset.safetensors", "synset/meta.json", "summary.json", "COMPLETE", "checkpoint.safetensors"):
+        (run / f).write_text(f)
+    (run.parent / "mtt_ipc10.wall.json").write_text('{"seconds": 12.5}')
+    cell.keep()
+    assert not (tmp_path / "kept" / "mtt_ipc10" / "checkpoint.safetensors").exists()  # only what is read later
+
+    out2 = tmp_path / "b"
+    run2 = out2 / "cells" / "mtt_ipc10"
+    again = trajectory_study.Cell("mtt_ipc10", run2, ["distill", "--buffer", str(out2 / "cells" / "buffer"), "--ipc",
+                                                      "10", "--out", str(run2)], tmp_path / "logs")
+    again.kept = KeptCells(tmp_path / "kept", out2)
+    assert again.restore() and again.done
+    assert (run2 / "summary.json").read_text() == "summary.json"
+    assert trajectory_study._wall(run2) == 12.5
+    other = trajectory_study.Cell("mtt_ipc10", tmp_path / "c" / "cells" / "mtt_ipc10",
+                                  ["distill", "--ipc", "1", "--out", str(tmp_path / "c" / "cells" / "mtt_ipc10")],
+                                  tmp_path / "logs")
+    other.kept = KeptCells(tmp_path / "kept", tmp_path / "c")
+    assert not other.restore() and not other.done  # another command: it runs again
