@@ -37,3 +37,72 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         out.append(time.perf_counter() - t)
     return statistics.median(out)
+
+
+class KeptCells:
+    """Finished study cells kept in the repository between sessions.
+
+    A long CPU study is a set of cells (one ``mtt-fast`` command and its run directory under the
+    study's ``out``). The machines it runs on may keep nothing outside the repository from one
+    session to the next, so each finished cell's small outputs (the files later cells and the
+    report read) are copied to ``folder/<cell>/`` with the cell's command written with ``out`` as
+    ``{out}`` (``cell.json``); committed, they let a later session on an empty ``out`` put the
+    cell back instead of running it again: only when its command is the same (same settings).
+    """
+
+    def __init__(self, folder, out) -> None:
+        from pathlib import Path
+
+        self.folder, self.out = Path(folder), Path(out)
+
+    def signature(self, argv) -> list[str]:
+        """``argv`` with this study's ``out`` written as ``{out}`` (independent of the machine)."""
+        return [str(a).replace(str(self.out), "{out}") for a in argv]
+
+    def keep(self, name: str, run, files: list[str], argv, extra: dict | None = None) -> None:
+        """Copy ``files`` (relative to the finished run directory ``run``, those that exist) and
+        the command to ``folder/<name>/``, replacing an earlier copy in one rename."""
+        import json
+        import shutil
+        from pathlib import Path
+
+        run, tmp = Path(run), self.folder / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in files:
+            if (run / f).is_file():
+                (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run / f, tmp / f)
+        (tmp / "cell.json").write_text(json.dumps({"argv": self.signature(argv), "commit": source_commit(),
+                                                   **(extra or {})}, indent=1) + "\n")
+        shutil.rmtree(self.folder / name, ignore_errors=True)
+        tmp.rename(self.folder / name)
+
+    def record(self, name: str) -> dict | None:
+        """The kept ``cell.json`` of ``name`` (None: not kept)."""
+        import json
+
+        try:
+            return json.loads((self.folder / name / "cell.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def restore(self, name: str, run, files: list[str], argv) -> bool:
+        """Put the kept ``files`` of ``name`` back into ``run`` and mark it finished (``COMPLETE``)
+        when a copy exists and its command equals ``argv``; whether it was restored."""
+        import shutil
+        from pathlib import Path
+
+        rec = self.record(name)
+        if rec is None:
+            return False
+        if rec.get("argv") != self.signature(argv):
+            print(f"kept {name} was made with other settings: not restored (it will run)", flush=True)
+            return False
+        run = Path(run)
+        for f in files:
+            if (self.folder / name / f).is_file():
+                (run / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.folder / name / f, run / f)
+        (run / "COMPLETE").write_text(f"restored from {self.folder / name} (made at commit {rec.get('commit')})\n")
+        return True

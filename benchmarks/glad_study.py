@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import source_commit
+from _meta import KeptCells, source_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -187,50 +187,34 @@ class Study:
         self.cells = {c.name: c for c in cells}
 
     # ------------------------------------------------------------------ keeping cells between sessions
-    def _signature(self, name: str) -> list[str]:
-        """The cell's command with this study's --out written as ``{out}`` (machine-independent)."""
-        return [str(a).replace(str(self.out), "{out}") for a in self.cells[name].argv()]
-
     def keep(self, name: str) -> None:
-        """Copy a finished cell's kept files (and its command) under ``KEEP/<name>`` (no-op with --quick)."""
-        files = _kept_files(name)
-        if self.quick or not files:
-            return
-        src, dst = self.cells[name].out, KEEP / name
-        tmp = KEEP / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for f in files:
-            if (src / f).is_file():
-                (tmp / f).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src / f, tmp / f)
-        (tmp / "cell.json").write_text(json.dumps({"argv": self._signature(name), "commit": source_commit()}, indent=1))
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        """Keep a finished cell's small outputs under ``KEEP/<name>`` (``_meta.KeptCells``; not with --quick)."""
+        if not self.quick and _kept_files(name):
+            KeptCells(KEEP, self.out).keep(name, self.cells[name].out, _kept_files(name), self.cells[name].argv())
 
     def restore(self) -> list[str]:
-        """Put back every kept cell whose run directory is not finished under --out and whose kept
-        command equals this study's (same settings); the names restored."""
-        restored = []
+        """Put back every kept cell not finished under --out whose command equals this study's; their names."""
         if self.quick:
-            return restored
-        for name, cell in self.cells.items():
-            rec = _read(KEEP / name / "cell.json")
-            if cell.done() or not rec:
+            return []
+        kept, restored = KeptCells(KEEP, self.out), []
+        for name, cell in self.cells.items():  # in order: a GLaD evaluation's command needs its grid restored
+            if cell.done() or kept.record(name) is None:
                 continue
-            if rec.get("argv") != self._signature(name):
-                print(f"kept {name} was made with other settings: not restored (it will rerun)", flush=True)
+            try:
+                argv = cell.argv()
+            except TypeError:  # the GLaD synset to evaluate is not chosen yet (its grid is not all here)
                 continue
-            for f in _kept_files(name):
-                if (KEEP / name / f).is_file():
-                    (cell.out / f).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(KEEP / name / f, cell.out / f)
-            (cell.out / "COMPLETE").write_text(f"restored from {KEEP.relative_to(REPO)}/{name} "
-                                               f"(made at commit {rec.get('commit')})\n")
-            restored.append(name)
+            if kept.restore(name, cell.out, _kept_files(name), argv):
+                restored.append(name)
         if restored:
-            print(f"restored {len(restored)} finished cells from {KEEP.relative_to(REPO)}: {', '.join(restored)}",
-                  flush=True)
+            print(f"restored {len(restored)} finished cells from {KEEP}: {', '.join(restored)}", flush=True)
         return restored
+
+    def keep_finished(self) -> None:
+        """Keep the cells finished under --out (by an earlier invocation, or by hand) not kept yet."""
+        for name, cell in self.cells.items():
+            if cell.done() and _kept_files(name) and KeptCells(KEEP, self.out).record(name) is None:
+                self.keep(name)
 
     # ------------------------------------------------------------------ choices (validation only)
     def best_kid(self, name: str) -> float | None:
@@ -269,9 +253,6 @@ class Study:
         unknown = [c for c in only or [] if c not in self.cells]
         if unknown:
             raise SystemExit(f"error: --cells: no cell named {', '.join(unknown)} (cells: {', '.join(self.cells)})")
-        for name, cell in self.cells.items():  # finished by an earlier invocation but not kept yet
-            if cell.done() and _kept_files(name) and not (KEEP / name / "cell.json").is_file():
-                self.keep(name)
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -464,6 +445,7 @@ def main() -> None:
         s["eval"]["repeats"] = args.repeats
     study = Study(Path(args.out).resolve(), s, [int(i) for i in args.ipcs.split(",") if i], args.seed, args.quick)
     study.restore()
+    study.keep_finished()
     if not args.report_only:
         study.run(max(1, args.jobs), [c for c in args.cells.split(",") if c])
     report(study, args, _read(study.out / "times.json") or {}, t_start)

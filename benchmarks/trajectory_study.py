@@ -30,7 +30,12 @@ too so the row is an idea alone; "MTT + all" follows PAD's rule: all layers at i
 Every cell (the store, each distillation run, each architecture's evaluation) is its own resumable
 run directory under ``--out/cells``, run as a subprocess (``python -m mtt_fast.cli.main``) on one
 thread; ``--jobs K`` runs K cells at once. A killed study resumes: finished cells are skipped,
-unfinished ones resume. ``--report-only`` writes ``benchmarks/results/trajectory_study.{json,md}``
+unfinished ones resume. Across sessions on machines that keep nothing outside the repository: each
+finished distillation's synset and summary and each evaluation's results are copied to
+``benchmarks/results/trajectory_study_cells/<cell>/`` with the cell's command (commit that folder),
+and an invocation on an empty ``--out`` puts back every kept cell whose command matches its own
+(other settings: the cell runs again); the stores are trained again only while a distillation
+is unfinished. ``--report-only`` writes ``benchmarks/results/trajectory_study.{json,md}``
 (``--quick`` writes ``trajectory_study_quick.*``) from the finished cells, ``-`` for missing ones.
 
 Soft labels at evaluation: the synsets store them; whether ``mtt-fast eval`` trains with them
@@ -51,9 +56,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import median_seconds, source_commit
+from _meta import KeptCells, median_seconds, source_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: finished cells' small outputs, kept (committed) so the study can span sessions: see ``_meta.KeptCells``
+KEEP = RESULTS / "trajectory_study_cells"
 ARCHS = ["convnet", "alexnet", "vgg11", "resnet18"]
 
 SETTINGS: dict[str, dict] = {
@@ -134,6 +141,29 @@ class Cell:
 
     def __init__(self, name: str, run: Path, args: list[str], logs: Path):
         self.name, self.run, self.args, self.log = name, run, args, logs / f"{name}.log"
+        self.kept: KeptCells | None = None  # where a finished cell is kept (None: not kept)
+
+    @property
+    def kept_files(self) -> list[str]:
+        """What later cells and the report read: a distillation's synset and summary, an evaluation's
+        results (the stores are not kept: a session that distills trains them again)."""
+        if self.args[0] == "distill":
+            return ["synset/synset.safetensors", "synset/meta.json", "synset/grid.png", "summary.json"]
+        return ["results.json"] if self.args[0] == "eval" else []
+
+    def keep(self) -> None:
+        if self.kept is not None and self.kept_files and self.done:
+            self.kept.keep(self.name, self.run, self.kept_files, self.args, {"wall_seconds": _wall(self.run)})
+
+    def restore(self) -> bool:
+        """Put the kept copy back (same command only), with its wall time; whether it was restored."""
+        if self.kept is None or self.done or not self.kept_files or not self.kept.restore(
+                self.name, self.run, self.kept_files, self.args):
+            return False
+        wall = (self.kept.record(self.name) or {}).get("wall_seconds")
+        if wall is not None:
+            (self.run.parent / f"{self.run.name}.wall.json").write_text(json.dumps({"seconds": wall}))
+        return True
 
     @property
     def done(self) -> bool:
@@ -154,6 +184,7 @@ class Cell:
         wall = time.perf_counter() - t0
         if rc == 0 and self.done:
             (self.run.parent / f"{self.run.name}.wall.json").write_text(json.dumps({"seconds": wall}))
+            self.keep()
         return self.name, wall, rc
 
 
@@ -428,10 +459,21 @@ def main() -> None:
         measured = json.loads(UNITS_FILE.read_text())["units"] if UNITS_FILE.is_file() else None
         print(estimate(s, table_rows, ipcs, archs, sam=args.sam_rho is not None, units=measured))
         return
+    if not args.quick:  # keep finished cells in the repository; put back those an earlier session kept
+        kept = KeptCells(KEEP, out)
+        for c in [*distills, *evals]:
+            c.kept = kept
+        restored = [c.name for c in [*distills, *evals] if c.restore()]
+        for c in [*distills, *evals]:  # finished here by an earlier invocation, not kept yet
+            if c.done and kept.record(c.name) is None:
+                c.keep()
+        if restored:
+            print(f"restored {len(restored)} finished cells from {KEEP}", flush=True)
     failed: list[str] = []
     if not args.report_only:
         # the stores first (every core: nothing else runs yet), then the distillations, then the evaluations
-        failed += _run_all(list(stores.values()), 1, max(1, args.jobs * args.threads), args.device)
+        if any(not c.done for c in distills):  # the stores feed only the distillations
+            failed += _run_all(list(stores.values()), 1, max(1, args.jobs * args.threads), args.device)
         if not failed:
             failed += _run_all(distills, args.jobs, args.threads, args.device)
             ready = [c for c in evals if (Path(c.args[c.args.index("--synset") + 1]) / "COMPLETE").is_file()]
