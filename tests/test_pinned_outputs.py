@@ -3,8 +3,12 @@ hashed and checked against hashes recorded before the upper floors were restruct
 
 A refactor of the stages, the distill loop or the GAN trainer must not change a single bit of
 what they write on the CPU. The hashes depend on the torch build and the CPU kernels it picks,
-so they are pinned per (torch version, ATen CPU capability); on a platform with no pin the test
-skips and says how to record one (``MTT_FAST_RECORD_PINS=1 pytest tests/test_pinned_outputs.py``).
+so they are pinned per (torch version, ATen CPU capability, CPU vendor / family / model): MKL and
+oneDNN choose their kernels by the CPU itself, and one torch build with the same ATen capability
+(AVX512) gave other bits on an AMD EPYC (family 25 model 17) than on the machine the first pins
+came from, whose CPU was not recorded. On a platform with no pin the test skips and says how to
+record one (``MTT_FAST_RECORD_PINS=1 pytest tests/test_pinned_outputs.py``, on a commit whose bits
+were already checked elsewhere).
 
 Re-recorded once on purpose (round 2): ConvNet's convolutions moved to ``mtt_fast.ops.conv``, whose
 double backward runs on other kernels (the same values to rounding, float64-tested), so the
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 from pathlib import Path
 
 import pytest
@@ -30,8 +35,23 @@ TINY = ["--no-progress", "--seed", "3"]
 GEN = "tests.fixtures.generators:crc16"
 
 
+def _cpu() -> str:
+    """The CPU's vendor, family and model from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() in ("vendor_id", "cpu family", "model"):
+                fields.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    if not fields:
+        return platform.processor() or platform.machine()
+    return f"{fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+
+
 def _platform() -> str:
-    return f"torch {torch.__version__} / cpu {torch.backends.cpu.get_cpu_capability()}"
+    return f"torch {torch.__version__} / cpu {torch.backends.cpu.get_cpu_capability()} / {_cpu()}"
 
 
 def _pipeline(tmp: Path) -> dict[str, str]:
