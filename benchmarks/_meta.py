@@ -8,10 +8,13 @@ sets it from ``.data/commit``, written before the call).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 
 def source_commit() -> str | None:
@@ -50,9 +53,10 @@ class KeptCells:
     cell back instead of running it again: only when its command is the same (same settings).
     """
 
-    def __init__(self, folder, out) -> None:
-        from pathlib import Path
+    #: what a distillation cell keeps: its selected synset and its summary (the choice on validation)
+    SYNSET_FILES = ["synset/synset.safetensors", "synset/meta.json", "synset/grid.png", "summary.json"]
 
+    def __init__(self, folder, out) -> None:
         self.folder, self.out = Path(folder), Path(out)
 
     def signature(self, argv) -> list[str]:
@@ -62,10 +66,6 @@ class KeptCells:
     def keep(self, name: str, run, files: list[str], argv, extra: dict | None = None) -> None:
         """Copy ``files`` (relative to the finished run directory ``run``, those that exist) and
         the command to ``folder/<name>/``, replacing an earlier copy in one rename."""
-        import json
-        import shutil
-        from pathlib import Path
-
         run, tmp = Path(run), self.folder / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -80,8 +80,6 @@ class KeptCells:
 
     def record(self, name: str) -> dict | None:
         """The kept ``cell.json`` of ``name`` (None: not kept)."""
-        import json
-
         try:
             return json.loads((self.folder / name / "cell.json").read_text())
         except (OSError, ValueError):
@@ -90,9 +88,6 @@ class KeptCells:
     def restore(self, name: str, run, files: list[str], argv) -> bool:
         """Put the kept ``files`` of ``name`` back into ``run`` and mark it finished (``COMPLETE``)
         when a copy exists and its command equals ``argv``; whether it was restored."""
-        import shutil
-        from pathlib import Path
-
         rec = self.record(name)
         if rec is None:
             return False

@@ -60,7 +60,7 @@ def _kept_files(name: str) -> list[str]:
     if name.startswith("eval_"):
         return ["results.json"]
     if name.startswith(("random_", "mtt_", "glad_")):
-        return ["synset/synset.safetensors", "synset/meta.json", "synset/grid.png", "summary.json"]
+        return KeptCells.SYNSET_FILES
     if name.startswith("gan_") and not name.endswith("_limited"):  # what GLaD distills from
         return ["generator_best.json", "generator_best.safetensors", "generator_best.w_avg.safetensors",
                 "metrics.jsonl"]
@@ -146,6 +146,7 @@ class Study:
 
     def __init__(self, out: Path, s: dict, ipcs: list[int], seed: int, quick: bool = False) -> None:
         self.out, self.s, self.ipcs, self.seed, self.quick = out, s, ipcs, seed, quick
+        self.kept = KeptCells(KEEP, out)
         self.data = ["--dataset", "fashion-mnist", "--res", str(s["res"]), *s["data"]]
         common = ["--seed", str(seed), "--no-progress", "--device", "cpu"]
         cells = [Cell("buffer", out / "buffer", [], lambda: ["buffer", *self.data, *_opts(s["experts"]), *common,
@@ -190,21 +191,21 @@ class Study:
     def keep(self, name: str) -> None:
         """Keep a finished cell's small outputs under ``KEEP/<name>`` (``_meta.KeptCells``; not with --quick)."""
         if not self.quick and _kept_files(name):
-            KeptCells(KEEP, self.out).keep(name, self.cells[name].out, _kept_files(name), self.cells[name].argv())
+            self.kept.keep(name, self.cells[name].out, _kept_files(name), self.cells[name].argv())
 
     def restore(self) -> list[str]:
         """Put back every kept cell not finished under --out whose command equals this study's; their names."""
         if self.quick:
             return []
-        kept, restored = KeptCells(KEEP, self.out), []
+        restored = []
         for name, cell in self.cells.items():  # in order: a GLaD evaluation's command needs its grid restored
-            if cell.done() or kept.record(name) is None:
+            if cell.done() or self.kept.record(name) is None:
                 continue
             try:
                 argv = cell.argv()
             except TypeError:  # the GLaD synset to evaluate is not chosen yet (its grid is not all here)
                 continue
-            if kept.restore(name, cell.out, _kept_files(name), argv):
+            if self.kept.restore(name, cell.out, _kept_files(name), argv):
                 restored.append(name)
         if restored:
             print(f"restored {len(restored)} finished cells from {KEEP}: {', '.join(restored)}", flush=True)
@@ -213,7 +214,7 @@ class Study:
     def keep_finished(self) -> None:
         """Keep the cells finished under --out (by an earlier invocation, or by hand) not kept yet."""
         for name, cell in self.cells.items():
-            if cell.done() and _kept_files(name) and KeptCells(KEEP, self.out).record(name) is None:
+            if cell.done() and _kept_files(name) and self.kept.record(name) is None:
                 self.keep(name)
 
     # ------------------------------------------------------------------ choices (validation only)

@@ -148,7 +148,7 @@ class Cell:
         """What later cells and the report read: a distillation's synset and summary, an evaluation's
         results (the stores are not kept: a session that distills trains them again)."""
         if self.args[0] == "distill":
-            return ["synset/synset.safetensors", "synset/meta.json", "synset/grid.png", "summary.json"]
+            return KeptCells.SYNSET_FILES
         return ["results.json"] if self.args[0] == "eval" else []
 
     def keep(self) -> None:
