@@ -17,6 +17,13 @@ import time
 from pathlib import Path
 
 
+#: ``eval --lr-grid`` of the studies' unseen architectures (AlexNet, VGG11, ResNet18): each synset's
+#: rate chosen on the validation split per architecture. The learned syn_lr belongs to the ConvNet
+#: backbone, and the GLaD reference's fixed rates (0.001 / 0.0001 / 0.001) lost on validation to
+#: these at 28 px in the GLaD study's ipc-1 check (README); the backbone keeps its learned rate.
+UNSEEN_LR_GRID = "0.001,0.01"
+
+
 def source_commit() -> str | None:
     """``HEAD`` (``+dirty`` when tracked files differ from it), or the override."""
     override = os.environ.get("MTT_FAST_SOURCE_COMMIT")

@@ -21,7 +21,9 @@ a killed study resumes where it stopped, a finished cell is a no-op):
    (space wp / w x layer -1 / 0 / 1, MTT's settings plus ``GLAD``); the grid point with the
    best validation score is the GLaD row (no test numbers are looked at to choose);
 5. evaluation on the 10,000 test images: every synset on every ``--archs`` architecture,
-   ``--repeats`` networks, ``--eval-epochs`` epochs; ConvNet is the backbone, the others unseen.
+   ``--repeats`` networks, ``--eval-epochs`` epochs; ConvNet is the backbone (the synset's learned
+   rate), the others unseen: their starting rate is chosen per synset on the validation split among
+   ``_meta.UNSEEN_LR_GRID`` (``eval --lr-grid``; the winning network is repeat 0).
 
 A study can span sessions on machines that keep nothing outside the repository: each finished
 cell's small outputs (synsets, evaluation results, the full-data generators' best checkpoint;
@@ -46,7 +48,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import KeptCells, source_commit
+from _meta import UNSEEN_LR_GRID, KeptCells, source_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -85,7 +87,8 @@ FULL: dict = {
     "distill_eval": {"eval_it": 100, "eval_epochs": 150, "eval_repeats": 1},
     "glad": {"lr_w": 1.0, "lr_img": 100.0},
     "glad_grid": [("wp", -1), ("wp", 0), ("wp", 1), ("w", -1), ("w", 0), ("w", 1)],
-    "eval": {"epochs": 300, "repeats": 3, "archs": ["convnet", "alexnet", "vgg11", "resnet18"]},
+    "eval": {"epochs": 300, "repeats": 3, "archs": ["convnet", "alexnet", "vgg11", "resnet18"],
+             "lr_grid": UNSEEN_LR_GRID},
 }
 QUICK: dict = {
     **FULL,
@@ -99,7 +102,7 @@ QUICK: dict = {
                 for ipc, kw in FULL["distill"].items()},
     "distill_eval": {"eval_it": 2, "eval_epochs": 3, "eval_repeats": 1},
     "glad_grid": [("wp", -1), ("w", 0)],
-    "eval": {"epochs": 3, "repeats": 1, "archs": ["convnet", "alexnet"]},
+    "eval": {**FULL["eval"], "epochs": 3, "repeats": 1, "archs": ["convnet", "alexnet"]},
 }
 GAN_RECIPES = {"ada": ["--augment", "ada"], "diffaug": ["--augment", "diffaug", "--style-mixing", "0"],
                # the two other corners of (augment x style mixing): which of the two changes made the difference
@@ -184,6 +187,8 @@ class Study:
                                       lambda method=method, ipc=ipc, arch=arch, name=name: [
                                           "eval", "--synset", self.synset(method, ipc), "--archs", arch,
                                           "--repeats", str(s["eval"]["repeats"]), "--epochs", str(s["eval"]["epochs"]),
+                                          # unseen architectures: each synset's rate chosen on validation
+                                          *([] if arch == "convnet" else ["--lr-grid", s["eval"]["lr_grid"]]),
                                           *common, "--out", out / "eval" / f"{method}_ipc{ipc}" / arch]))
         self.cells = {c.name: c for c in cells}
 
@@ -317,7 +322,10 @@ class Study:
         if not res or arch not in res.get("results", {}):
             return None
         r = res["results"][arch]
-        return {"mean": r["mean"]["accuracy"], "std": r["std"]["accuracy"], "n": len(r.get("runs", []))}
+        sel = r.get("lr_selection") or {}
+        return {"mean": r["mean"]["accuracy"], "std": r["std"]["accuracy"], "n": len(r.get("runs", [])),
+                "lr": r.get("lr"), "lr_chosen_on_val": bool(sel),
+                "lr_candidates": [(c["lr"], c["val"].get("accuracy")) for c in sel.get("candidates", [])]}
 
 
 def _f(v, nd: int = 4, pct: bool = False) -> str:
@@ -399,10 +407,12 @@ def report(study: Study, args, times: dict, t_start: float) -> None:
             "generators under --out). " if meta["generator_for_glad"] else
             "GLaD's generator: not chosen yet (no full-data generator under --out). ") + "GLaD row = the "
            "grid point with the best validation score (grid below). Unseen = mean over the architectures other "
-           "than ConvNet."),
+           "than ConvNet. (lr x): the starting rate chosen for that synset on the validation split "
+           f"(`eval --lr-grid {s['eval']['lr_grid']}`); ConvNet trains at the synset's learned rate (random real: 0.01)."),
           "", "| method | ipc | " + " | ".join(archs) + " | unseen mean |", "|---|---|" + "---|" * (len(archs) + 1)]
     for row in table:
-        cells = " | ".join("-" if c is None else f"{c['mean']:.2f} ± {c['std']:.2f}" for c in row["cells"].values())
+        cells = " | ".join("-" if c is None else f"{c['mean']:.2f} ± {c['std']:.2f}"
+                           + (f" (lr {c['lr']:g})" if c.get("lr_chosen_on_val") else "") for c in row["cells"].values())
         label = {"random": "random real", "mtt": "MTT (pixels)", "glad": "GLaD (MTT)"}[row["method"]]
         L.append(f"| {label} | {row['ipc']} | {cells} | {_f(row['unseen_mean'], pct=True)} |")
     L += ["", "GLaD grid (validation score of each point; the chosen one in bold):", "",

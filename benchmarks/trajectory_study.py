@@ -11,8 +11,9 @@ labels, DATM's widening start-epoch range, DATM's loss skipping, FTD's EMA image
 matching); MTT plus all of them. FTD's sharpness-aware experts need ``buffer --sam-rho``: with
 ``--sam-rho R`` the study also trains such a store and adds "MTT + SAM experts" (the "all" row then
 uses it too); without it they are left out. Columns: test accuracy (mean ± std over ``--repeats``
-networks trained from scratch) on ConvNet (the backbone), AlexNet, VGG11, ResNet18, and the mean
-of the three unseen ones. Every distillation run selects its synset on the VALIDATION split only
+networks trained from scratch) on ConvNet (the backbone, at the synset's learned rate or 0.01),
+AlexNet, VGG11, ResNet18 (each synset's starting rate chosen on the validation split among
+``_meta.UNSEEN_LR_GRID``: ``eval --lr-grid``), and the mean of the three unseen ones. Every distillation run selects its synset on the VALIDATION split only
 (and, with EMA, chooses raw or EMA there); nothing is tuned on the test split.
 
 Budget (``SETTINGS["full"]``; ``--estimate`` prints the CPU time it needs): 8 experts x 10 epochs
@@ -56,7 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _meta import KeptCells, median_seconds, source_commit
+from _meta import UNSEEN_LR_GRID, KeptCells, median_seconds, source_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: finished cells' small outputs, kept (committed) so the study can span sessions: see ``_meta.KeptCells``
@@ -236,7 +237,8 @@ def report(out: Path, s: dict, table_rows, ipcs: list[int], archs: list[str], qu
                 p = cells / f"{key}_ipc{ipc}_eval_{arch}" / "results.json"
                 if p.is_file() and (p.parent / "COMPLETE").is_file():
                     r = json.loads(p.read_text())["results"][arch]
-                    res[arch] = {"mean": r["mean"]["accuracy"], "std": r["std"]["accuracy"]}
+                    res[arch] = {"mean": r["mean"]["accuracy"], "std": r["std"]["accuracy"], "lr": r.get("lr"),
+                                 "lr_chosen_on_val": "lr_selection" in r}
             um = [res[a]["mean"] for a in unseen if a in res]
             unseen_mean = sum(um) / len(um) if um and len(um) == len(unseen) else None
             summ = run / "summary.json"
@@ -256,7 +258,9 @@ def report(out: Path, s: dict, table_rows, ipcs: list[int], archs: list[str], qu
     head = (f"# Trajectory-matching ideas on Fashion-MNIST (issue 18){' — QUICK smoke setting, not a result' if quick else ''}\n\n"
             f"`{meta['command']}` at commit {meta['commit']}. Test accuracy (%) of networks trained from scratch on "
             f"each synset, mean ± std over {s['eval']['repeats']} networks per architecture ({s['eval']['epochs']} "
-            f"epochs); ConvNet is the distillation backbone, the others are unseen. Every synset was selected on "
+            f"epochs); ConvNet is the distillation backbone (at the synset's learned rate, 0.01 without one), the "
+            f"others are unseen (each synset's starting rate chosen on the validation split among "
+            f"{UNSEEN_LR_GRID}: `eval --lr-grid`, recorded in the JSON). Every synset was selected on "
             f"the validation split. Soft labels used at evaluation: "
             f"{'yes (soft cross-entropy)' if meta['eval_soft_labels'] else 'NO (this build evaluates every synset with its hard labels)'}. "
             f"`selected`: raw or EMA set (EMA rows). `-`: that cell has not finished. Settings: "
@@ -369,9 +373,13 @@ def estimate(s: dict, table_rows, ipcs: list[int], archs: list[str], sam: bool =
                 distill += d["iterations"] * d["syn_steps"] * (n + 10) * u["mtt_image_step"] + in_loop * (2 if "ema" in key or key == "mtt_all" else 1)
             else:
                 distill += u["coreset_cell"] if key.split("_")[0] != "random" else 60.0
-            steps = s["eval"]["epochs"] * s["eval"]["repeats"] * math.ceil(n / 256)
-            evals += sum(steps * u["eval_step"][a][0 if ipc == 1 else 1] for a in archs)
-            evals += s["eval"]["repeats"] * u["test_images"] * sum(u["test_image"][a] for a in archs)
+            grid = len(UNSEEN_LR_GRID.split(","))  # unseen: one network per candidate rate, the winner is repeat 0
+            for a in archs:
+                nets = s["eval"]["repeats"] + (0 if a == "convnet" else grid - 1)
+                evals += nets * s["eval"]["epochs"] * math.ceil(n / 256) * u["eval_step"][a][0 if ipc == 1 else 1]
+                # the test pass of each reported network, and a validation pass (5,000 images) per candidate
+                evals += (s["eval"]["repeats"] * u["test_images"] + (0 if a == "convnet" else grid * 5000)) \
+                    * u["test_image"][a]
     parts.update({"distill": distill, "eval": evals})
     total = sum(parts.values())
     lines = [f"{k}: {v / 3600:.1f} CPU-hours" for k, v in parts.items()]
@@ -452,9 +460,10 @@ def main() -> None:
                                                           "--seed", str(args.seed), *opts(ipc), "--out", str(run)], logs))
             for arch in archs:
                 ev = cells_dir / f"{key}_ipc{ipc}_eval_{arch}"
+                grid = [] if arch == "convnet" else ["--lr-grid", UNSEEN_LR_GRID]  # unseen: rate chosen on val
                 evals.append(Cell(ev.name, ev, ["eval", "--synset", str(run), "--archs", arch, "--repeats",
                                                 str(s["eval"]["repeats"]), "--epochs", str(s["eval"]["epochs"]),
-                                                "--seed", str(args.seed), "--out", str(ev)], logs))
+                                                *grid, "--seed", str(args.seed), "--out", str(ev)], logs))
     if args.estimate:
         measured = json.loads(UNITS_FILE.read_text())["units"] if UNITS_FILE.is_file() else None
         print(estimate(s, table_rows, ipcs, archs, sam=args.sam_rho is not None, units=measured))

@@ -312,6 +312,10 @@ def sweep(grid, preset, out, device, progress):
               help="Starting learning rate of every architecture (default: the synset's learned syn_lr on its own "
                    "backbone; alexnet 0.001, vgg11 0.0001, resnet18 0.001 as the GLaD reference; "
                    f"else {_EV.default_lr:g}).")
+@click.option("--lr-grid", default=None,
+              help="Comma-separated starting rates ('default' = the rate --lr defaults to): each architecture's rate "
+                   "is chosen among them on the VALIDATION split, one network per rate; the winner is repeat 0 of "
+                   "the reported networks. Not with --lr; reports on --split test.")
 @click.option("--batch-size", type=int, default=_EV.batch_size, show_default=True)
 @click.option("--split", type=click.Choice(["test", "val"]), default=_ES.split, show_default=True)
 @click.option("--hard-labels", is_flag=True, default=_ES.hard_labels,
@@ -322,7 +326,7 @@ def sweep(grid, preset, out, device, progress):
 @click.option("--overwrite", is_flag=True, help="Replace existing results in --out.")
 @common_options
 @user_errors
-def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, split, hard_labels, dsa_strategy, dsa_mode,
+def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, lr_grid, batch_size, split, hard_labels, dsa_strategy, dsa_mode,
              dsa_impl, out, overwrite, seed, device, progress):
     """Train networks from scratch on a synset and test them on real data."""
     from mtt_fast.stages import EvalStage, run_eval
@@ -330,7 +334,8 @@ def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, batch_size, spli
     cfg = EvalConfig(epochs=epochs, lr=lr, batch_size=batch_size, dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode),
                      dsa_impl=dsa_impl)
     stage = EvalStage(synset_dir, cfg, archs=[a.strip() for a in archs.split(",") if a.strip()], repeats=repeats,
-                      split=split, seed=seed, data_root=data_root, hard_labels=hard_labels)
+                      split=split, seed=seed, data_root=data_root, hard_labels=hard_labels,
+                      lr_grid=stage_common.parse_lr_grid(lr_grid))
     run_eval(stage, out_path(out), overwrite=overwrite, device=device, progress=progress, log=echo)
 
 

@@ -173,10 +173,11 @@ def evaluate_cell(arch: str, lr: float, repeat: int, images: torch.Tensor, label
     return compute_metrics(probs, split.labels, len(split.classes)), more
 
 
-def evaluate_cells(cells: list[tuple[str, float, int]], images: torch.Tensor, labels: torch.Tensor, split, *,
-                   cfg: EvalConfig, seed: int, device: torch.device | str = "cpu", progress: bool = False,
-                   extra: dict | None = None, soft_labels: torch.Tensor | None = None) -> dict[str, dict]:
-    """Evaluate ``(arch, lr, repeat)`` cells; returns :func:`evaluate_arch`'s result per architecture.
+def run_cells(cells: list[tuple[str, float, int]], images: torch.Tensor, labels: torch.Tensor, split, *,
+              cfg: EvalConfig, seed: int, device: torch.device | str = "cpu", progress: bool = False,
+              extra: dict | None = None, soft_labels: torch.Tensor | None = None) -> list[tuple[dict, dict]]:
+    """:func:`evaluate_cell` of every ``(arch, lr, repeat)`` cell, in order: ``(metrics on split,
+    {name: metrics on extra[name]})`` per cell.
 
     Cells are independent (each seeded on its own), so under torchrun rank r trains the cells
     ``r, r + world, ...`` and every rank receives all of them: the same numbers as one process.
@@ -189,6 +190,16 @@ def evaluate_cells(cells: list[tuple[str, float, int]], images: torch.Tensor, la
     done: dict[int, tuple[dict, dict]] = {}
     for part in distributed.all_gather_object(mine):
         done.update(part)
+    return [done[i] for i in range(len(cells))]
+
+
+def evaluate_cells(cells: list[tuple[str, float, int]], images: torch.Tensor, labels: torch.Tensor, split, *,
+                   cfg: EvalConfig, seed: int, device: torch.device | str = "cpu", progress: bool = False,
+                   extra: dict | None = None, soft_labels: torch.Tensor | None = None) -> dict[str, dict]:
+    """Evaluate ``(arch, lr, repeat)`` cells (:func:`run_cells`); returns :func:`evaluate_arch`'s
+    result per architecture."""
+    done = run_cells(cells, images, labels, split, cfg=cfg, seed=seed, device=device, progress=progress,
+                     extra=extra, soft_labels=soft_labels)
     out: dict[str, dict] = {}
     for arch in dict.fromkeys(a for a, _, _ in cells):
         idx = [i for i, c in enumerate(cells) if c[0] == arch]

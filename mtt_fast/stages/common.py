@@ -97,3 +97,22 @@ def positive(**values: float | None) -> None:
     for name, v in values.items():
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise UserError(f"--{name.replace('_', '-')} must be a positive finite number (got {v})")
+
+
+def parse_lr_grid(text: str | None) -> list[float | None] | None:
+    """``--lr-grid 'default,0.001,0.01'`` -> ``[None, 0.001, 0.01]`` (None: the default rate); empty: None."""
+    if not text or not text.strip():
+        return None
+    out: list[float | None] = []
+    for tok in (t.strip() for t in text.split(",")):
+        if tok.lower() == "default":
+            out.append(None)
+            continue
+        try:
+            x = float(tok)
+        except ValueError:
+            raise UserError(f"--lr-grid: {tok!r} is neither a number nor 'default'") from None
+        if not (math.isfinite(x) and x > 0):
+            raise UserError(f"--lr-grid: {tok} is not a positive finite rate")
+        out.append(x)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,8 @@ class EvalStage:
     """The eval command. ``evaluation.width`` / ``depth`` are taken from the synset's backbone.
 
     ``hard_labels``: train on the hard classes even when the synset has soft labels.
+    ``lr_grid``: choose each architecture's starting rate among these on the validation split
+    (None entries: the default rate; see ``evaluate.run.select_lrs``); None: no selection.
     """
 
     synset: str
@@ -31,6 +34,7 @@ class EvalStage:
     seed: int = 0
     data_root: str | None = None
     hard_labels: bool = False
+    lr_grid: list[float | None] | None = None
 
 
 def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, device="auto", progress: bool = True,
@@ -49,13 +53,21 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
     positive(lr=stage.evaluation.lr)
     if stage.split not in ("test", "val"):
         raise UserError(f"--split {stage.split}: choose test or val")
+    if stage.lr_grid:
+        bad = [x for x in stage.lr_grid if x is not None and not (isinstance(x, (int, float)) and 0 < x < math.inf)]
+        if bad:
+            raise UserError(f"--lr-grid: {bad[0]} is not a positive finite rate")
+        if stage.evaluation.lr is not None:
+            raise UserError("--lr and --lr-grid: give one of them (--lr-grid chooses the rate on validation)")
+        if stage.split != "test":
+            raise UserError("--lr-grid chooses the rate on the validation split: report on --split test")
     synset = Synset.load(stage.synset)
     m = synset.meta
     cfg = replace(stage.evaluation, width=m.get("width", 128), depth=m.get("depth", 3))
     config = {"command": "eval", "synset": str(Path(stage.synset).resolve()), "archs": list(stage.archs),
               "repeats": stage.repeats, "split": stage.split, "seed": stage.seed, "hard_labels": stage.hard_labels,
-              **asdict(cfg)}
-    defaults = {**asdict(EvalConfig()), "split": "test", "seed": 0, "hard_labels": False}
+              "lr_grid": list(stage.lr_grid) if stage.lr_grid else None, **asdict(cfg)}
+    defaults = {**asdict(EvalConfig()), "split": "test", "seed": 0, "hard_labels": False, "lr_grid": None}
     if finished(out, config, overwrite=overwrite, defaults=defaults):
         log(f"{out} already holds these results; nothing to do (pass --overwrite to evaluate again)")
         return read_json(out / "results.json", what="evaluation results")
@@ -67,10 +79,12 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
     with open_run(out, config, overwrite=overwrite, defaults=defaults) as run:
         soft = synset.soft_labels is not None and not stage.hard_labels
         log(f"evaluating {m.get('method')} ipc {m.get('ipc')} on {stage.split}: {', '.join(stage.archs)} x "
-            f"{stage.repeats}, {cfg.epochs} epochs, {'soft' if soft else 'hard'} labels")
+            f"{stage.repeats}, {cfg.epochs} epochs, {'soft' if soft else 'hard'} labels"
+            + (f"; rate chosen on validation among {', '.join('default' if x is None else f'{x:g}' for x in stage.lr_grid)}"
+               if stage.lr_grid else ""))
         results = evaluate_synset(synset, bundle, list(stage.archs), cfg, repeats=stage.repeats, split=stage.split,
                                   seed=stage.seed, device=dev, progress=progress, log=log,
-                                  hard_labels=stage.hard_labels)
+                                  hard_labels=stage.hard_labels, lr_grid=stage.lr_grid)
         if is_main():
             write_results(out, results, label or f"{m.get('method')}" + (" (soft)" if soft else ""))
         run.complete()
