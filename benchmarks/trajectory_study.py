@@ -19,7 +19,7 @@ AlexNet, VGG11, ResNet18 (each synset's starting rate chosen on the validation s
 Budget (``SETTINGS["full"]``; ``--estimate`` prints the CPU time it needs): 8 experts x 10 epochs
 of ConvNet-D3 width 32 on all 60,000 training images (enough experts that one is not matched over
 and over, enough epochs for start epochs up to 8 with M 2); distillation: ipc 1 N 20 for 400
-iterations, ipc 10 N 10 for 300 (the demo's N at 28 px), M 2, T+ 8, in-loop validation every 100
+iterations, ipc 10 N 10 for 300 (the demo's N at 28 px), M 2, T+ chosen on validation (below), in-loop validation every 100
 iterations (150 epochs, 1 network); the final evaluation trains 3 networks per architecture for 300
 epochs (``--repeats`` / ``--eval-epochs`` change that). Each idea takes the published setting
 scaled to this run: the schedule ``T+/2 : T+ : iterations/5`` (DATM: 10:20:1000 of 10000), skip
@@ -27,6 +27,11 @@ above 1.1 at ipc 1 / 1.0 at ipc 10, EMA decay 0.99 (FTD's 0.9995 averages over 2
 iterations, a fifth of the run: 0.99 averages over 100 of 300-400), ``lr_y`` 5 at ipc 1 / 2 at ipc 10,
 ``match_layers deep:0.5`` (PAD at ipc >= 10; at ipc 1 PAD keeps every layer, we show deep:0.5 there
 too so the row is an idea alone; "MTT + all" follows PAD's rule: all layers at ipc 1).
+
+Plain MTT's max start epoch T+ is chosen per ipc on validation among ``tplus_grid`` (2, 4, 8:
+the MTT reference uses 2 at ipc 1 and a larger one at ipc 10 on CIFAR-10), and every MTT row (each
+idea, "all") uses the chosen one; the schedule then widens from T+/2 to T+. The MTT cells carry
+their T+ in their names (``mtt_soft_t4_ipc10``).
 
 Every cell (the store, each distillation run, each architecture's evaluation) is its own resumable
 run directory under ``--out/cells``, run as a subprocess (``python -m mtt_fast.cli.main``) on one
@@ -76,6 +81,8 @@ SETTINGS: dict[str, dict] = {
                  "lr_lr": 1e-5},
         },
         "distill_eval": {"eval_it": 100, "eval_epochs": 150, "eval_repeats": 1, "checkpoint_it": 10},
+        # plain MTT's max start epoch T+, chosen per ipc on validation; every MTT row then uses it
+        "tplus_grid": [2, 4, 8],
         "ideas": {"lr_y": {1: 5.0, 10: 2.0}, "skip": {1: 1.1, 10: 1.0}, "ema": 0.99, "layers": "deep:0.5"},
         "eval": {"epochs": 300, "repeats": 3},
     },
@@ -90,6 +97,7 @@ SETTINGS: dict[str, dict] = {
                  "lr_lr": 1e-5},
         },
         "distill_eval": {"eval_it": 2, "eval_epochs": 2, "eval_repeats": 1, "checkpoint_it": 2},
+        "tplus_grid": [1, 2],
         "ideas": {"lr_y": {1: 5.0, 10: 2.0}, "skip": {1: 1.1, 10: 1.0}, "ema": 0.5, "layers": "deep:0.5"},
         "eval": {"epochs": 2, "repeats": 1},
     },
@@ -100,17 +108,28 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def rows(s: dict, sam: bool) -> list[tuple[str, str, callable]]:
-    """``(key, label, args(ipc) -> distill options)`` of every row, in table order."""
+def mtt_args(s: dict, ipc: int, tplus: int) -> list[str]:
+    """Plain MTT's distill options at ``ipc`` with max start epoch ``tplus``."""
+    d = {**s["distill"][ipc], "max_start_epoch": tplus, **s["distill_eval"]}
+    return ["--method", "mtt", *[x for k, v in d.items() for x in (_flag(k), str(v))]]
+
+
+def cell_name(key: str, ipc: int, tplus: int | None) -> str:
+    """A distillation cell's name: the MTT rows carry their T+ (``mtt_soft_t4_ipc10``), the others not."""
+    return f"{key}_t{tplus}_ipc{ipc}" if key.startswith("mtt") else f"{key}_ipc{ipc}"
+
+
+def rows(s: dict, sam: bool, tplus: dict[int, int | None] | None = None) -> list[tuple[str, str, callable]]:
+    """``(key, label, args(ipc) -> distill options)`` of every row, in table order. The MTT rows use
+    ``tplus[ipc]`` (plain MTT's max start epoch chosen on validation; :func:`choose_tplus`)."""
     ideas = s["ideas"]
+    tplus = tplus or {}
 
     def mtt(ipc: int) -> list[str]:
-        return ["--method", "mtt", *[x for k, v in {**s["distill"][ipc], **s["distill_eval"]}.items()
-                                     for x in (_flag(k), str(v))]]
+        return mtt_args(s, ipc, tplus[ipc])
 
     def schedule(ipc: int) -> list[str]:
-        d = s["distill"][ipc]
-        t = d["max_start_epoch"]
+        d, t = s["distill"][ipc], tplus[ipc]
         return ["--start-epoch-schedule", f"{max(1, t // 2)}:{t}:{max(1, d['iterations'] // 5)}"]
 
     soft = lambda ipc: ["--soft-labels", "--lr-y", str(ideas["lr_y"][ipc])]
@@ -135,6 +154,27 @@ def rows(s: dict, sam: bool) -> list[tuple[str, str, callable]]:
     out.append(("mtt_all", "MTT + all", lambda ipc: mtt(ipc) + soft(ipc) + schedule(ipc) + skip(ipc) + ema(ipc)
                 + pad_rule(ipc)))
     return out
+
+
+def _best_val(run: Path) -> tuple[float | None, int | None]:
+    """A finished distillation's best validation score and its iteration (None: not finished)."""
+    summ = run / "summary.json"
+    if not ((run / "COMPLETE").is_file() and summ.is_file()):
+        return None, None
+    d = json.loads(summ.read_text())
+    return next((v for k, v in d.items() if k.startswith("best_val_")), None), d.get("best_iteration")
+
+
+def choose_tplus(cells: Path, s: dict, ipc: int) -> tuple[int | None, list[dict]]:
+    """Plain MTT's T+ at ``ipc``: the grid point with the best VALIDATION score (ties: the earlier
+    one); None until every grid cell has finished. Also every point's record."""
+    grid = []
+    for t in s["tplus_grid"]:
+        val, it = _best_val(cells / cell_name("mtt", ipc, t))
+        grid.append({"tplus": t, "best_val": val, "best_iteration": it})
+    if any(g["best_val"] is None for g in grid):
+        return None, grid
+    return max(grid, key=lambda g: g["best_val"])["tplus"], grid
 
 
 class Cell:
@@ -225,16 +265,24 @@ def _fmt(mean: float | None, std: float | None) -> str:
 def report(out: Path, s: dict, table_rows, ipcs: list[int], archs: list[str], quick: bool, meta: dict) -> None:
     """Write ``benchmarks/results/trajectory_study[_quick].{json,md}`` from the finished cells."""
     cells = out / "cells"
-    entries, lines = [], []
+    entries, lines, tplus_grids = [], [], {}
     unseen = [a for a in archs if a != "convnet"]
     for ipc in ipcs:
-        lines += [f"\n### ipc {ipc}\n", "| method | " + " | ".join(archs) + " | unseen mean | selected | distill s |",
+        tplus, tplus_grids[ipc] = choose_tplus(cells, s, ipc)
+        lines += [f"\n### ipc {ipc}\n",
+                  f"Plain MTT's max start epoch T+ (chosen on validation among {s['tplus_grid']}, used by every MTT "
+                  f"row): {'not chosen yet' if tplus is None else tplus}. Validation score of each: "
+                  + ", ".join(f"T+ {g['tplus']}: " + ("-" if g["best_val"] is None else f"{g['best_val']:.2f}"
+                                                        f" (it {g['best_iteration']})") for g in tplus_grids[ipc])
+                  + ".\n",
+                  "| method | " + " | ".join(archs) + " | unseen mean | selected | distill s |",
                   "|---" * (len(archs) + 4) + "|"]
         for key, label, _ in table_rows:
-            run = cells / f"{key}_ipc{ipc}"
+            cname = cell_name(key, ipc, tplus)
+            run = cells / cname
             res: dict = {}
             for arch in archs:
-                p = cells / f"{key}_ipc{ipc}_eval_{arch}" / "results.json"
+                p = cells / f"{cname}_eval_{arch}" / "results.json"
                 if p.is_file() and (p.parent / "COMPLETE").is_file():
                     r = json.loads(p.read_text())["results"][arch]
                     res[arch] = {"mean": r["mean"]["accuracy"], "std": r["std"]["accuracy"], "lr": r.get("lr"),
@@ -244,8 +292,9 @@ def report(out: Path, s: dict, table_rows, ipcs: list[int], archs: list[str], qu
             summ = run / "summary.json"
             summary = json.loads(summ.read_text()) if summ.is_file() else {}
             entries.append({"row": key, "label": label, "ipc": ipc, "run": str(run), "results": res,
+                            "tplus": tplus if key.startswith("mtt") else None,
                             "unseen_mean": unseen_mean, "summary": summary, "distill_seconds": _wall(run),
-                            "eval_seconds": {a: _wall(cells / f"{key}_ipc{ipc}_eval_{a}") for a in archs}})
+                            "eval_seconds": {a: _wall(cells / f"{cname}_eval_{a}") for a in archs}})
             sel = summary.get("selected", "")
             wall = _wall(run)
             lines.append(f"| {label} | " + " | ".join(_fmt(res.get(a, {}).get("mean"), res.get(a, {}).get("std"))
@@ -254,7 +303,9 @@ def report(out: Path, s: dict, table_rows, ipcs: list[int], archs: list[str], qu
                          + ("-" if wall is None else f"{wall:.0f}") + " |")
     name = "trajectory_study_quick" if quick else "trajectory_study"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, "settings": _jsonable(s), "rows": entries}, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, "settings": _jsonable(s), "rows": entries,
+                                                      "tplus_grid": {str(k): v for k, v in tplus_grids.items()}},
+                                                     indent=2) + "\n")
     head = (f"# Trajectory-matching ideas on Fashion-MNIST (issue 18){' — QUICK smoke setting, not a result' if quick else ''}\n\n"
             f"`{meta['command']}` at commit {meta['commit']}. Test accuracy (%) of networks trained from scratch on "
             f"each synset, mean ± std over {s['eval']['repeats']} networks per architecture ({s['eval']['epochs']} "
@@ -368,9 +419,11 @@ def estimate(s: dict, table_rows, ipcs: list[int], archs: list[str], sam: bool =
         d = s["distill"][ipc]
         n = 10 * ipc
         in_loop = (d["iterations"] // de["eval_it"] + 1) * de["eval_epochs"] * u["eval_step"]["convnet"][0 if ipc == 1 else 1]
+        one_mtt = d["iterations"] * d["syn_steps"] * (n + 10) * u["mtt_image_step"] + in_loop
+        distill += (len(s["tplus_grid"]) - 1) * one_mtt  # plain MTT at the other T+ of the grid
         for key, _, _ in table_rows:
             if key.startswith("mtt"):
-                distill += d["iterations"] * d["syn_steps"] * (n + 10) * u["mtt_image_step"] + in_loop * (2 if "ema" in key or key == "mtt_all" else 1)
+                distill += one_mtt + (in_loop if "ema" in key or key == "mtt_all" else 0)
             else:
                 distill += u["coreset_cell"] if key.split("_")[0] != "random" else 60.0
             grid = len(UNSEEN_LR_GRID.split(","))  # unseen: one network per candidate rate, the winner is repeat 0
@@ -438,55 +491,102 @@ def main() -> None:
     cells_dir, logs = out / "cells", out / "logs"
     ipcs = [int(i) for i in args.ipcs.split(",") if i]
     archs = [a for a in args.archs.split(",") if a]
-    table_rows = rows(s, sam=args.sam_rho is not None)
-    if args.rows:
-        keep = set(args.rows.split(","))
-        table_rows = [r for r in table_rows if r[0] in keep]
+    sam = args.sam_rho is not None
+    only = set(args.rows.split(",")) if args.rows else None
+
+    def table(tplus: dict | None = None):
+        return [r for r in rows(s, sam=sam, tplus=tplus) if only is None or r[0] in only]
 
     e = s["experts"]
     data = ["--dataset", "fashion-mnist", "--res", str(s["res"])] + (["--data-root", args.data_root] if args.data_root else [])
     buf_args = ["buffer", *data, *[x for k, v in e.items() for x in (_flag(k), str(v))], "--seed", str(args.seed)]
     stores = {"plain": Cell("buffer", cells_dir / "buffer", [*buf_args, "--out", str(cells_dir / "buffer")], logs)}
-    if args.sam_rho is not None:
+    if sam:
         stores["sam"] = Cell("buffer_sam", cells_dir / "buffer_sam",
                              [*buf_args, "--sam-rho", str(args.sam_rho), "--out", str(cells_dir / "buffer_sam")], logs)
+    kept = None if args.quick else KeptCells(KEEP, out)  # finished cells kept in the repository (not --quick)
+    restored: list[str] = []
 
-    distills, evals = [], []
+    def attach(cells: list[Cell]) -> list[Cell]:
+        """Hook the cells to the kept copies: put back the kept ones, keep the ones finished here."""
+        if kept is not None:
+            for c in cells:
+                c.kept = kept
+                if c.restore():
+                    restored.append(c.name)
+                elif c.done and kept.record(c.name) is None:  # finished here by an earlier invocation
+                    c.keep()
+        return cells
+
+    def distill_cell(key: str, ipc: int, tplus: int | None, opts: list[str]) -> Cell:
+        store = stores["sam"] if key in ("mtt_sam", "mtt_all") and "sam" in stores else stores["plain"]
+        run = cells_dir / cell_name(key, ipc, tplus)
+        return Cell(run.name, run, ["distill", "--buffer", str(store.run), "--ipc", str(ipc), "--seed", str(args.seed),
+                                    *opts, "--out", str(run)], logs)
+
+    # phase 1: the coreset rows and plain MTT at every T+ of the grid (the choice is made on validation)
+    any_mtt = any(k.startswith("mtt") for k, _, _ in table({}))
+    phase1 = {}
     for ipc in ipcs:
-        for key, _, opts in table_rows:
-            store = stores["sam"] if key in ("mtt_sam", "mtt_all") and "sam" in stores else stores["plain"]
-            run = cells_dir / f"{key}_ipc{ipc}"
-            distills.append(Cell(f"{key}_ipc{ipc}", run, ["distill", "--buffer", str(store.run), "--ipc", str(ipc),
-                                                          "--seed", str(args.seed), *opts(ipc), "--out", str(run)], logs))
+        for key, _, opts in table({}):
+            if not key.startswith("mtt"):
+                c = distill_cell(key, ipc, None, opts(ipc))
+                phase1[c.name] = c
+        if any_mtt:
+            for t in s["tplus_grid"]:
+                c = distill_cell("mtt", ipc, t, mtt_args(s, ipc, t))
+                phase1[c.name] = c
+    attach(list(phase1.values()))
+
+    def phase2() -> dict[str, Cell]:
+        """Every row's distillation at the chosen T+ (MTT rows of an ipc whose choice is not made yet: none)."""
+        cells = {}
+        for ipc in ipcs:
+            t = choose_tplus(cells_dir, s, ipc)[0] if any_mtt else None
+            for key, _, opts in table({ipc: t}):
+                if key.startswith("mtt") and t is None:
+                    continue
+                c = phase1.get(cell_name(key, ipc, t)) or distill_cell(key, ipc, t, opts(ipc))
+                cells[c.name] = c
+        return cells
+
+    def evals_of(distills: dict[str, Cell]) -> list[Cell]:
+        out_cells = []
+        for c in distills.values():
             for arch in archs:
-                ev = cells_dir / f"{key}_ipc{ipc}_eval_{arch}"
+                ev = cells_dir / f"{c.name}_eval_{arch}"
                 grid = [] if arch == "convnet" else ["--lr-grid", UNSEEN_LR_GRID]  # unseen: rate chosen on val
-                evals.append(Cell(ev.name, ev, ["eval", "--synset", str(run), "--archs", arch, "--repeats",
-                                                str(s["eval"]["repeats"]), "--epochs", str(s["eval"]["epochs"]),
-                                                *grid, "--seed", str(args.seed), "--out", str(ev)], logs))
+                out_cells.append(Cell(ev.name, ev, ["eval", "--synset", str(c.run), "--archs", arch, "--repeats",
+                                                    str(s["eval"]["repeats"]), "--epochs", str(s["eval"]["epochs"]),
+                                                    *grid, "--seed", str(args.seed), "--out", str(ev)], logs))
+        return out_cells
+
     if args.estimate:
         measured = json.loads(UNITS_FILE.read_text())["units"] if UNITS_FILE.is_file() else None
-        print(estimate(s, table_rows, ipcs, archs, sam=args.sam_rho is not None, units=measured))
+        print(estimate(s, table({i: s["distill"][i]["max_start_epoch"] for i in ipcs}), ipcs, archs, sam=sam,
+                       units=measured))
         return
-    if not args.quick:  # keep finished cells in the repository; put back those an earlier session kept
-        kept = KeptCells(KEEP, out)
-        for c in [*distills, *evals]:
-            c.kept = kept
-        restored = [c.name for c in [*distills, *evals] if c.restore()]
-        for c in [*distills, *evals]:  # finished here by an earlier invocation, not kept yet
-            if c.done and kept.record(c.name) is None:
-                c.keep()
-        if restored:
-            print(f"restored {len(restored)} finished cells from {KEEP}", flush=True)
+    chosen = phase2()
+    attach([c for n, c in chosen.items() if n not in phase1])
+    evals = attach(evals_of(chosen))
     failed: list[str] = []
     if not args.report_only:
-        # the stores first (every core: nothing else runs yet), then the distillations, then the evaluations
-        if any(not c.done for c in distills):  # the stores feed only the distillations
+        undone = any(not c.done for c in [*phase1.values(), *chosen.values()]) or any(
+            any_mtt and choose_tplus(cells_dir, s, i)[0] is None for i in ipcs)
+        if undone:  # the stores feed only the distillations: every core, nothing else runs yet
             failed += _run_all(list(stores.values()), 1, max(1, args.jobs * args.threads), args.device)
         if not failed:
-            failed += _run_all(distills, args.jobs, args.threads, args.device)
+            failed += _run_all(list(phase1.values()), args.jobs, args.threads, args.device)
+            chosen = phase2()  # the T+ grid has finished: the MTT rows at the chosen T+
+            attach([c for n, c in chosen.items() if n not in phase1])
+            failed += _run_all(list(chosen.values()), args.jobs, args.threads, args.device)
+            evals = attach(evals_of(chosen))
             ready = [c for c in evals if (Path(c.args[c.args.index("--synset") + 1]) / "COMPLETE").is_file()]
             failed += _run_all(ready, args.jobs, args.threads, args.device)
+    if restored:
+        print(f"restored {len(restored)} finished cells from {KEEP}", flush=True)
+    table_rows = table()
+    distills = list({**phase1, **chosen}.values())
     meta = {"commit": source_commit(), "command": " ".join(["python", *sys.argv]), "quick": args.quick,
             "jobs": args.jobs, "threads_per_cell": args.threads, "device": args.device,
             "eval_soft_labels": _eval_soft_supported(), "archs": archs, "ipcs": ipcs,

@@ -84,3 +84,34 @@ def test_trajectory_study_cells_keep_their_synset_and_wall_time(tmp_path):
                                   tmp_path / "logs")
     other.kept = KeptCells(tmp_path / "kept", tmp_path / "c")
     assert not other.restore() and not other.done  # another command: it runs again
+
+
+def _finished_distill(run: Path, val: float | None, iteration: int = 100) -> None:
+    run.mkdir(parents=True)
+    if val is not None:
+        (run / "summary.json").write_text(json.dumps({"best_val_accuracy": val, "best_iteration": iteration}))
+        (run / "COMPLETE").write_text("")
+
+
+def test_trajectory_study_chooses_plain_mtts_tplus_on_validation_ties_to_the_earlier(tmp_path):
+    import trajectory_study as ts
+
+    s = ts.SETTINGS["full"]
+    assert ts.cell_name("mtt_soft", 10, 4) == "mtt_soft_t4_ipc10" and ts.cell_name("kcenter", 1, 4) == "kcenter_ipc1"
+    cells = tmp_path / "cells"
+    _finished_distill(cells / "mtt_t2_ipc1", 61.0, 300)
+    _finished_distill(cells / "mtt_t4_ipc1", 63.5, 400)
+    _finished_distill(cells / "mtt_t8_ipc1", None)  # started, not finished: no choice yet
+    t, grid = ts.choose_tplus(cells, s, 1)
+    assert t is None and [g["best_val"] for g in grid] == [61.0, 63.5, None]
+    (cells / "mtt_t8_ipc1" / "summary.json").write_text(json.dumps({"best_val_accuracy": 63.5, "best_iteration": 1}))
+    (cells / "mtt_t8_ipc1" / "COMPLETE").write_text("")
+    t, grid = ts.choose_tplus(cells, s, 1)
+    assert t == 4 and grid[1] == {"tplus": 4, "best_val": 63.5, "best_iteration": 400}
+    # every MTT row then runs at the chosen T+, the schedule widening from T+/2 to T+
+    rows = dict((k, f) for k, _, f in ts.rows(s, sam=False, tplus={1: t}))
+    mtt = rows["mtt"](1)
+    assert mtt[mtt.index("--max-start-epoch") + 1] == "4"
+    sched = rows["mtt_schedule"](1)
+    assert sched[sched.index("--start-epoch-schedule") + 1] == "2:4:80"
+    assert sched[sched.index("--max-start-epoch") + 1] == "4"
