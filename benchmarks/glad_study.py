@@ -79,14 +79,17 @@ FULL: dict = {
     "gan_steps": 3000,
     "limited": 500,
     "distill": {
-        1: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 2, "iterations": 300, "lr_img": 1000.0,
+        1: {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 2, "iterations": 1000, "lr_img": 1000.0,
             "lr_lr": 1e-5},
-        10: {"syn_steps": 10, "expert_epochs": 2, "max_start_epoch": 2, "iterations": 300, "lr_img": 100.0,
+        10: {"syn_steps": 10, "expert_epochs": 2, "max_start_epoch": 2, "iterations": 1000, "lr_img": 100.0,
              "lr_lr": 1e-5},
     },
     "distill_eval": {"eval_it": 100, "eval_epochs": 150, "eval_repeats": 1},
     "glad": {"lr_w": 1.0, "lr_img": 100.0},
     "glad_grid": [("wp", -1), ("wp", 0), ("wp", 1), ("w", -1), ("w", 0), ("w", 1)],
+    # the grid runs this many iterations; the chosen point then runs ``distill[ipc]["iterations"]``
+    # like pixel MTT (both keep their best synset on validation, evaluated every eval_it iterations)
+    "glad_grid_iterations": 300,
     "eval": {"epochs": 300, "repeats": 3, "archs": ["convnet", "alexnet", "vgg11", "resnet18"],
              "lr_grid": UNSEEN_LR_GRID},
 }
@@ -102,6 +105,7 @@ QUICK: dict = {
                 for ipc, kw in FULL["distill"].items()},
     "distill_eval": {"eval_it": 2, "eval_epochs": 3, "eval_repeats": 1},
     "glad_grid": [("wp", -1), ("w", 0)],
+    "glad_grid_iterations": 2,
     "eval": {**FULL["eval"], "epochs": 3, "repeats": 1, "archs": ["convnet", "alexnet"]},
 }
 GAN_RECIPES = {"ada": ["--augment", "ada"], "diffaug": ["--augment", "diffaug", "--style-mixing", "0"],
@@ -170,19 +174,26 @@ class Study:
             cells.append(Cell(f"mtt_ipc{ipc}", out / f"mtt_ipc{ipc}", ["buffer"],
                               lambda base=base, kw=kw, ipc=ipc: [*base, "--method", "mtt", *_opts(kw),
                                                                  "--out", out / f"mtt_ipc{ipc}"]))
+            grid = []
             for space, layer in s["glad_grid"]:
                 name = f"glad_ipc{ipc}_{space}_l{layer}"
-                gkw = {**kw, **s["glad"], "space": space, "layer": layer}
+                grid.append(name)
+                gkw = {**kw, "iterations": s["glad_grid_iterations"], **s["glad"], "space": space, "layer": layer}
                 cells.append(Cell(name, out / name, ["buffer", "gan_ada", "gan_diffaug"],
                                   lambda base=base, gkw=gkw, name=name: [
                                       *base, "--method", "glad", "--generator", self.generator(), *_opts(gkw),
                                       "--out", out / name]))
+            # the chosen grid point, run as long as pixel MTT
+            cells.append(Cell(f"glad_ipc{ipc}_final", out / f"glad_ipc{ipc}_final", grid,
+                              lambda base=base, kw=kw, ipc=ipc: [
+                                  *base, "--method", "glad", "--generator", self.generator(),
+                                  *_opts({**kw, **s["glad"], **self.glad_point(ipc)}), "--out",
+                                  out / f"glad_ipc{ipc}_final"]))
         for ipc in ipcs:
-            grid = [f"glad_ipc{ipc}_{sp}_l{la}" for sp, la in s["glad_grid"]]
             for method in ("random", "mtt", "glad"):
                 for arch in s["eval"]["archs"]:
                     name = f"eval_{method}_ipc{ipc}_{arch}"
-                    deps = grid if method == "glad" else [f"{method}_ipc{ipc}"]
+                    deps = [f"glad_ipc{ipc}_final" if method == "glad" else f"{method}_ipc{ipc}"]
                     cells.append(Cell(name, out / "eval" / f"{method}_ipc{ipc}" / arch, deps,
                                       lambda method=method, ipc=ipc, arch=arch, name=name: [
                                           "eval", "--synset", self.synset(method, ipc), "--archs", arch,
@@ -193,10 +204,21 @@ class Study:
         self.cells = {c.name: c for c in cells}
 
     # ------------------------------------------------------------------ keeping cells between sessions
+    def signature(self, name: str) -> list:
+        """What a kept copy must match to be put back: the cell's command and, for an evaluation,
+        the command that made its synset (the evaluation's own command names only the synset's
+        directory: a synset made again with other settings must be evaluated again)."""
+        cell = self.cells[name]
+        sig = list(cell.argv())
+        if name.startswith("eval_"):
+            for dep in cell.deps:
+                sig += ["#synset-made-by", *self.cells[dep].argv()]
+        return sig
+
     def keep(self, name: str) -> None:
         """Keep a finished cell's small outputs under ``KEEP/<name>`` (``_meta.KeptCells``; not with --quick)."""
         if not self.quick and _kept_files(name):
-            self.kept.keep(name, self.cells[name].out, _kept_files(name), self.cells[name].argv())
+            self.kept.keep(name, self.cells[name].out, _kept_files(name), self.signature(name))
 
     def restore(self) -> list[str]:
         """Put back every kept cell not finished under --out whose command equals this study's; their names."""
@@ -207,8 +229,8 @@ class Study:
             if cell.done() or self.kept.record(name) is None:
                 continue
             try:
-                argv = cell.argv()
-            except TypeError:  # the GLaD synset to evaluate is not chosen yet (its grid is not all here)
+                argv = self.signature(name)
+            except TypeError:  # the GLaD point to run long is not chosen yet (its grid is not all here)
                 continue
             if self.kept.restore(name, cell.out, _kept_files(name), argv):
                 restored.append(name)
@@ -248,10 +270,16 @@ class Study:
         scored = [r for r in rows if r["best_val"] is not None]
         return (max(scored, key=lambda r: r["best_val"])["run"] if scored else None), rows
 
+    def glad_point(self, ipc: int) -> dict:
+        """``{"space", "layer"}`` of the grid point chosen on validation (TypeError while none is)."""
+        choice, rows = self.glad_choice(ipc)
+        if choice is None:
+            raise TypeError(f"no GLaD grid point at ipc {ipc} has a validation score yet")
+        row = next(r for r in rows if r["run"] == choice)
+        return {"space": row["space"], "layer": row["layer"]}
+
     def synset(self, method: str, ipc: int) -> Path:
-        if method == "glad":
-            return self.out / self.glad_choice(ipc)[0]
-        return self.out / f"{method}_ipc{ipc}"
+        return self.out / (f"glad_ipc{ipc}_final" if method == "glad" else f"{method}_ipc{ipc}")
 
     # ------------------------------------------------------------------ running
     def run(self, jobs: int, only: list[str] | None = None) -> None:
@@ -415,15 +443,23 @@ def report(study: Study, args, times: dict, t_start: float) -> None:
                            + (f" (lr {c['lr']:g})" if c.get("lr_chosen_on_val") else "") for c in row["cells"].values())
         label = {"random": "random real", "mtt": "MTT (pixels)", "glad": "GLaD (MTT)"}[row["method"]]
         L.append(f"| {label} | {row['ipc']} | {cells} | {_f(row['unseen_mean'], pct=True)} |")
-    L += ["", "GLaD grid (validation score of each point; the chosen one in bold):", "",
-          "| ipc | space | layer | best validation | iteration |", "|---|---|---|---|---|"]
+    L += ["", (f"GLaD grid ({s['glad_grid_iterations']} iterations; validation score of each point, the chosen one "
+               f"in bold), then the chosen point run as long as pixel MTT (`final`), and MTT itself:"), "",
+          "| ipc | space | layer | iterations | best validation | iteration |", "|---|---|---|---|---|---|"]
     for row in table:
         if row["method"] != "glad":
             continue
         for g in row["glad_grid"]:
             mark = "**" if g["run"] == row["glad_choice"] else ""
-            L.append(f"| {row['ipc']} | {g['space']} | {g['layer']} | {mark}{_f(g['best_val'], pct=True)}{mark} | "
-                     f"{g['best_iteration']} |")
+            L.append(f"| {row['ipc']} | {g['space']} | {g['layer']} | {s['glad_grid_iterations']} | "
+                     f"{mark}{_f(g['best_val'], pct=True)}{mark} | {g['best_iteration']} |")
+        for name, label in ((f"glad_ipc{row['ipc']}_final", "final"), (f"mtt_ipc{row['ipc']}", "MTT (pixels)")):
+            summ = _read(study.out / name / "summary.json") or {}
+            val = next((v for k, v in summ.items() if k.startswith("best_val_")), None)
+            point = (f"{row['glad_choice'].split('_')[2]} | {row['glad_choice'].split('_l')[-1]}"
+                     if label == "final" and row["glad_choice"] else "- | -")
+            L.append(f"| {row['ipc']} | {point} | {s['distill'][row['ipc']]['iterations']} ({label}) | "
+                     f"{_f(val, pct=True)} | {summ.get('best_iteration', '-')} |")
     (RESULTS / f"{stem}.md").write_text("\n".join(L) + "\n")
     print(json.dumps({"written": str(RESULTS / f"{stem}.md")}))
 

@@ -183,6 +183,13 @@ class Cell:
     def __init__(self, name: str, run: Path, args: list[str], logs: Path):
         self.name, self.run, self.args, self.log = name, run, args, logs / f"{name}.log"
         self.kept: KeptCells | None = None  # where a finished cell is kept (None: not kept)
+        #: the commands of what this cell reads (a distillation's store, an evaluation's synset): a kept
+        #: copy is put back only when they are the same too (the cell's own command names only paths)
+        self.made_from: list[str] = []
+
+    @property
+    def signature(self) -> list[str]:
+        return [*self.args, *self.made_from]
 
     @property
     def kept_files(self) -> list[str]:
@@ -194,12 +201,12 @@ class Cell:
 
     def keep(self) -> None:
         if self.kept is not None and self.kept_files and self.done:
-            self.kept.keep(self.name, self.run, self.kept_files, self.args, {"wall_seconds": _wall(self.run)})
+            self.kept.keep(self.name, self.run, self.kept_files, self.signature, {"wall_seconds": _wall(self.run)})
 
     def restore(self) -> bool:
         """Put the kept copy back (same command only), with its wall time; whether it was restored."""
         if self.kept is None or self.done or not self.kept_files or not self.kept.restore(
-                self.name, self.run, self.kept_files, self.args):
+                self.name, self.run, self.kept_files, self.signature):
             return False
         wall = (self.kept.record(self.name) or {}).get("wall_seconds")
         if wall is not None:
@@ -514,15 +521,17 @@ def main() -> None:
                 c.kept = kept
                 if c.restore():
                     restored.append(c.name)
-                elif c.done and kept.record(c.name) is None:  # finished here by an earlier invocation
-                    c.keep()
+                elif c.done and (kept.record(c.name) or {}).get("argv") != kept.signature(c.signature):
+                    c.keep()  # finished here by an earlier invocation: not kept yet, or kept with an older record
         return cells
 
     def distill_cell(key: str, ipc: int, tplus: int | None, opts: list[str]) -> Cell:
         store = stores["sam"] if key in ("mtt_sam", "mtt_all") and "sam" in stores else stores["plain"]
         run = cells_dir / cell_name(key, ipc, tplus)
-        return Cell(run.name, run, ["distill", "--buffer", str(store.run), "--ipc", str(ipc), "--seed", str(args.seed),
+        cell = Cell(run.name, run, ["distill", "--buffer", str(store.run), "--ipc", str(ipc), "--seed", str(args.seed),
                                     *opts, "--out", str(run)], logs)
+        cell.made_from = ["#store-made-by", *store.args]
+        return cell
 
     # phase 1: the coreset rows and plain MTT at every T+ of the grid (the choice is made on validation)
     any_mtt = any(k.startswith("mtt") for k, _, _ in table({}))
@@ -559,6 +568,7 @@ def main() -> None:
                 out_cells.append(Cell(ev.name, ev, ["eval", "--synset", str(c.run), "--archs", arch, "--repeats",
                                                     str(s["eval"]["repeats"]), "--epochs", str(s["eval"]["epochs"]),
                                                     *grid, "--seed", str(args.seed), "--out", str(ev)], logs))
+                out_cells[-1].made_from = ["#synset-made-by", *c.signature]
         return out_cells
 
     if args.estimate:

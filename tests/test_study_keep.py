@@ -9,10 +9,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import glad_study  # noqa: E402
 
 
-def _study(out: Path, epochs: int = 300) -> "glad_study.Study":
+def _study(out: Path, epochs: int = 300, iterations: int | None = None) -> "glad_study.Study":
     s = json.loads(json.dumps(glad_study.FULL, default=list))
     s["distill"] = {int(k): v for k, v in s["distill"].items()}
     s["eval"]["epochs"] = epochs
+    if iterations is not None:
+        s["distill"][10]["iterations"] = iterations
     return glad_study.Study(out.resolve(), s, [10], 0)
 
 
@@ -40,6 +42,26 @@ def test_a_kept_cell_is_restored_on_an_empty_out_with_the_same_settings(tmp_path
 
     c = _study(tmp_path / "c", epochs=100)  # other settings: not restored (it reruns)
     assert c.restore() == [] and not c.cells[cell.name].done()
+
+
+def test_a_kept_evaluation_is_not_restored_when_its_synset_is_made_with_other_settings(tmp_path, monkeypatch):
+    """The evaluation's command names only the synset's directory; its kept copy also records the
+    command that made the synset, so a synset distilled again otherwise is evaluated again."""
+    monkeypatch.setattr(glad_study, "KEEP", tmp_path / "kept")
+    a = _study(tmp_path / "a")
+    cell = a.cells["eval_mtt_ipc10_vgg11"]
+    cell.out.mkdir(parents=True)
+    (cell.out / "results.json").write_text("{}")
+    (cell.out / "COMPLETE").write_text("")
+    a.keep(cell.name)
+    argv = json.loads((tmp_path / "kept" / cell.name / "cell.json").read_text())["argv"]
+    made_by = argv[argv.index("#synset-made-by") + 1:]
+    assert made_by[:3] == ["distill", "--buffer", "{out}/buffer"] and "--lr-grid" in argv
+    assert _study(tmp_path / "b").restore() == [cell.name]
+    c = _study(tmp_path / "c", iterations=999)  # MTT's synset made otherwise, the evaluation's command the same
+    assert [str(x).replace(str(tmp_path / "c"), "{out}") for x in c.cells[cell.name].argv()] == \
+        argv[:argv.index("#synset-made-by")]
+    assert c.restore() == []
 
 
 def test_quick_studies_keep_nothing(tmp_path, monkeypatch):
@@ -84,6 +106,29 @@ def test_trajectory_study_cells_keep_their_synset_and_wall_time(tmp_path):
                                   tmp_path / "logs")
     other.kept = KeptCells(tmp_path / "kept", tmp_path / "c")
     assert not other.restore() and not other.done  # another command: it runs again
+
+
+def test_a_trajectory_cell_is_restored_only_when_what_it_reads_was_made_the_same_way(tmp_path):
+    import trajectory_study
+
+    from _meta import KeptCells
+
+    def cell(out, store_epochs):
+        run = out / "cells" / "mtt_t8_ipc1"
+        c = trajectory_study.Cell(run.name, run, ["distill", "--buffer", str(out / "cells" / "buffer"),
+                                                  "--out", str(run)], tmp_path / "logs")
+        c.made_from = ["#store-made-by", "buffer", "--epochs", str(store_epochs), "--out", str(out / "cells" / "buffer")]
+        c.kept = KeptCells(tmp_path / "kept", out)
+        return c
+
+    a = cell(tmp_path / "a", 10)
+    (a.run / "synset").mkdir(parents=True)
+    (a.run / "summary.json").write_text("{}")
+    (a.run / "COMPLETE").write_text("")
+    a.keep()
+    assert "#store-made-by" in json.loads((tmp_path / "kept" / a.name / "cell.json").read_text())["argv"]
+    assert cell(tmp_path / "b", 10).restore()
+    assert not cell(tmp_path / "c", 20).restore()  # a store trained otherwise: the cell runs again
 
 
 def _finished_distill(run: Path, val: float | None, iteration: int = 100) -> None:
