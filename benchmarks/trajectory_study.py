@@ -592,6 +592,9 @@ def main() -> None:
             failed += _run_all(list(chosen.values()), args.jobs, args.threads, args.device)
             evals = attach(evals_of(chosen))
             ready = [c for c in evals if (Path(c.args[c.args.index("--synset") + 1]) / "COMPLETE").is_file()]
+            # the cheap backbone column of every row first, then the unseen architectures, ipc 1 before ipc 10
+            # (a study spread over sessions fills whole columns early)
+            ready.sort(key=lambda c: (c.name.split("_eval_")[1] != "convnet", "_ipc10_" in c.name))
             failed += _run_all(ready, args.jobs, args.threads, args.device)
     if restored:
         print(f"restored {len(restored)} finished cells from {KEEP}", flush=True)
