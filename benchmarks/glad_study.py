@@ -434,7 +434,8 @@ def report(study: Study, args, times: dict, t_start: float) -> None:
           ((f"GLaD's generator: `{Path(meta['generator_for_glad']).parent.name}` (lowest best kid of the full-data "
             "generators under --out). " if meta["generator_for_glad"] else
             "GLaD's generator: not chosen yet (no full-data generator under --out). ") + "GLaD row = the "
-           "grid point with the best validation score (grid below). Unseen = mean over the architectures other "
+           "grid point with the best validation score (grid below), run as many iterations as pixel MTT "
+           f"({', '.join(str(s['distill'][i]['iterations']) for i in ipcs)}). Unseen = mean over the architectures other "
            "than ConvNet. (lr x): the starting rate chosen for that synset on the validation split "
            f"(`eval --lr-grid {s['eval']['lr_grid']}`); ConvNet trains at the synset's learned rate (random real: 0.01)."),
           "", "| method | ipc | " + " | ".join(archs) + " | unseen mean |", "|---|---|" + "---|" * (len(archs) + 1)]
