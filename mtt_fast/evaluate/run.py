@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,25 @@ LR_SELECTION_RULE = ("one network per candidate rate (the seed of repeat 0) trai
 def lr_candidates(synset: Synset, arch: str, cfg: EvalConfig, grid: list[float | None]) -> list[float]:
     """The distinct starting rates ``grid`` names for ``arch``, in order (None: :func:`eval_lr`'s default)."""
     return list(dict.fromkeys(x if x is not None else eval_lr(synset, arch, replace(cfg, lr=None)) for x in grid))
+
+
+def check_lr_grid(lr_grid: list[float | None] | None, *, lr: float | None, split: str) -> None:
+    """Refuse an ``eval --lr-grid`` that cannot be honoured, before anything runs.
+
+    Raises:
+        UserError: a candidate rate is not a positive finite number, ``--lr`` is given too, or the
+            report would be on the validation split the grid is chosen on.
+    """
+    if not lr_grid:
+        return
+    bad = [x for x in lr_grid if x is not None and not (isinstance(x, (int, float)) and 0 < x < math.inf)]
+    if bad:
+        raise UserError(f"--lr-grid: {bad[0]:g} is not a positive finite rate" if isinstance(bad[0], (int, float))
+                        else f"--lr-grid: {bad[0]!r} is not a positive finite rate")
+    if lr is not None:
+        raise UserError("--lr and --lr-grid: give one of them (--lr-grid chooses the rate on validation)")
+    if split != "test":
+        raise UserError("--lr-grid chooses the rate on the validation split: report on --split test")
 
 
 def select_lrs(synset: Synset, bundle, archs: list[str], cfg: EvalConfig, grid: list[float | None], *, split: str,
@@ -96,11 +116,8 @@ def evaluate_synset(
     data = bundle.split(split)
     metric = headline_metric(bundle.num_classes)
     soft = None if hard_labels else synset.soft_labels
+    check_lr_grid(lr_grid, lr=cfg.lr, split=split)
     if lr_grid:
-        if split == "val":
-            raise UserError("--lr-grid chooses the rate on the validation split: report on --split test")
-        if cfg.lr is not None:
-            raise UserError("--lr and --lr-grid: give one of them")
         lrs, selection, first = select_lrs(synset, bundle, archs, cfg, lr_grid, split=split, seed=seed, device=device,
                                            progress=progress, soft=soft)
     else:

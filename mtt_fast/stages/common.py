@@ -109,10 +109,7 @@ def parse_lr_grid(text: str | None) -> list[float | None] | None:
             out.append(None)
             continue
         try:
-            x = float(tok)
+            out.append(float(tok))
         except ValueError:
             raise UserError(f"--lr-grid: {tok!r} is neither a number nor 'default'") from None
-        if not (math.isfinite(x) and x > 0):
-            raise UserError(f"--lr-grid: {tok} is not a positive finite rate")
-        out.append(x)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 from mtt_fast.distributed import is_main
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.protocol import EvalConfig
-from mtt_fast.evaluate.run import evaluate_synset, write_results
+from mtt_fast.evaluate.run import check_lr_grid, evaluate_synset, write_results
 from mtt_fast.models import get_network
 from mtt_fast.rundir import finished, open_run
 from mtt_fast.stages.common import at_least_one, bundle_from_meta, positive, quiet_unless_main, resolve_device
@@ -53,14 +52,7 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
     positive(lr=stage.evaluation.lr)
     if stage.split not in ("test", "val"):
         raise UserError(f"--split {stage.split}: choose test or val")
-    if stage.lr_grid:
-        bad = [x for x in stage.lr_grid if x is not None and not (isinstance(x, (int, float)) and 0 < x < math.inf)]
-        if bad:
-            raise UserError(f"--lr-grid: {bad[0]} is not a positive finite rate")
-        if stage.evaluation.lr is not None:
-            raise UserError("--lr and --lr-grid: give one of them (--lr-grid chooses the rate on validation)")
-        if stage.split != "test":
-            raise UserError("--lr-grid chooses the rate on the validation split: report on --split test")
+    check_lr_grid(stage.lr_grid, lr=stage.evaluation.lr, split=stage.split)
     synset = Synset.load(stage.synset)
     m = synset.meta
     cfg = replace(stage.evaluation, width=m.get("width", 128), depth=m.get("depth", 3))
