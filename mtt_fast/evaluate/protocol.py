@@ -9,13 +9,19 @@ moving average (EMA) of the weights. The starting learning rate is the synset's 
 A synset with soft labels (``[n, K]`` logits, DATM's learned labels or an expert's logits) is
 trained on with soft cross-entropy against ``softmax(soft_labels)`` (computed once, float32);
 without them (``soft_labels=None``) the networks train on the hard classes exactly as before.
+
+Each trained network is independent (seeded on its own), so an evaluation killed part-way can
+resume from the networks it finished: :class:`SavedNetworks` keeps each one's metrics as it
+finishes and :func:`run_cells` takes them back instead of training again (the same numbers).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -24,6 +30,7 @@ from mtt_fast.augment import DSAConfig
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.metrics import compute_metrics, predict_proba
 from mtt_fast.fit import fit_classifier
+from mtt_fast.io import read_json, write_json
 from mtt_fast.models import seeded_network
 
 
@@ -173,20 +180,69 @@ def evaluate_cell(arch: str, lr: float, repeat: int, images: torch.Tensor, label
     return compute_metrics(probs, split.labels, len(split.classes)), more
 
 
+class SavedNetworks:
+    """The finished networks of one evaluation run: each one's metrics in ``folder`` as a small
+    JSON file (written atomically) named by its purpose, architecture, rate and repeat.
+
+    Valid only inside one run directory, whose settings :func:`mtt_fast.rundir.open_run` has
+    checked: the file name does not repeat them. ``on_save`` is called after each write (the
+    run has something to resume from).
+    """
+
+    def __init__(self, folder: str | Path, on_save: Callable[[], None] | None = None):
+        self.folder, self.on_save = Path(folder), on_save
+
+    def _file(self, tag: str, arch: str, lr: float, repeat: int) -> Path:
+        return self.folder / f"{tag}-{arch}-lr{float(lr)!r}-r{repeat}.json"
+
+    def get(self, tag: str, arch: str, lr: float, repeat: int) -> tuple[dict, dict] | None:
+        """The saved ``(metrics, extra metrics)`` of that network, or None."""
+        f = self._file(tag, arch, lr, repeat)
+        if not f.is_file():
+            return None
+        saved = read_json(f, what="saved evaluation network")
+        if not (isinstance(saved, dict) and isinstance(saved.get("metrics"), dict)
+                and isinstance(saved.get("extra"), dict)):
+            raise UserError(f"saved evaluation network {f} is damaged (no metrics): delete it to train that network again")
+        return saved["metrics"], saved["extra"]
+
+    def put(self, tag: str, arch: str, lr: float, repeat: int, result: tuple[dict, dict]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json(self._file(tag, arch, lr, repeat), {"arch": arch, "lr": float(lr), "repeat": repeat,
+                                                       "metrics": result[0], "extra": result[1]})
+        if self.on_save is not None:
+            self.on_save()
+
+
 def run_cells(cells: list[tuple[str, float, int]], images: torch.Tensor, labels: torch.Tensor, split, *,
               cfg: EvalConfig, seed: int, device: torch.device | str = "cpu", progress: bool = False,
-              extra: dict | None = None, soft_labels: torch.Tensor | None = None) -> list[tuple[dict, dict]]:
+              extra: dict | None = None, soft_labels: torch.Tensor | None = None,
+              saved: SavedNetworks | None = None, tag: str = "report") -> list[tuple[dict, dict]]:
     """:func:`evaluate_cell` of every ``(arch, lr, repeat)`` cell, in order: ``(metrics on split,
     {name: metrics on extra[name]})`` per cell.
 
     Cells are independent (each seeded on its own), so under torchrun rank r trains the cells
     ``r, r + world, ...`` and every rank receives all of them: the same numbers as one process.
+    ``saved`` (one process only; ignored under torchrun, whose ranks may not share a disk):
+    cells already saved under ``tag`` are taken from it, each new one is saved as it finishes.
     """
     from mtt_fast import distributed
 
-    mine = {i: evaluate_cell(a, lr, r, images, labels, split, cfg=cfg, seed=seed, device=device,
-                             progress=progress, extra=extra, soft_labels=soft_labels)
-            for i, (a, lr, r) in enumerate(cells) if i % distributed.world_size() == distributed.rank()}
+    if distributed.active():
+        saved = None  # the ranks may not share a disk
+
+    def one(a: str, lr: float, r: int) -> tuple[dict, dict]:
+        got = saved.get(tag, a, lr, r) if saved is not None else None
+        if got is not None:
+            return got
+        res = evaluate_cell(a, lr, r, images, labels, split, cfg=cfg, seed=seed, device=device,
+                            progress=progress, extra=extra, soft_labels=soft_labels)
+        if saved is not None:
+            saved.put(tag, a, lr, r, res)
+        return res
+
+    mine = {i: one(a, lr, r) for i, (a, lr, r) in enumerate(cells)
+            if i % distributed.world_size() == distributed.rank()}
     done: dict[int, tuple[dict, dict]] = {}
     for part in distributed.all_gather_object(mine):
         done.update(part)

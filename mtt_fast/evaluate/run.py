@@ -11,7 +11,7 @@ import torch
 
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.metrics import headline_metric
-from mtt_fast.evaluate.protocol import EvalConfig, run_cells, summarize
+from mtt_fast.evaluate.protocol import EvalConfig, SavedNetworks, run_cells, summarize
 from mtt_fast.evaluate.tables import results_markdown
 from mtt_fast.io import write_json, write_text
 from mtt_fast.runtime import runtime
@@ -65,7 +65,8 @@ def check_lr_grid(lr_grid: list[float | None] | None, *, lr: float | None, split
 
 
 def select_lrs(synset: Synset, bundle, archs: list[str], cfg: EvalConfig, grid: list[float | None], *, split: str,
-               seed: int, device, progress: bool, soft) -> tuple[dict[str, float], dict[str, dict], dict[str, dict]]:
+               seed: int, device, progress: bool, soft, saved: SavedNetworks | None = None
+               ) -> tuple[dict[str, float], dict[str, dict], dict[str, dict]]:
     """``eval --lr-grid``: each architecture's starting rate chosen on the validation split.
 
     Returns ``(chosen rate, selection record, metrics on split of the chosen rate's network)``
@@ -76,7 +77,8 @@ def select_lrs(synset: Synset, bundle, archs: list[str], cfg: EvalConfig, grid: 
     cands = {arch: lr_candidates(synset, arch, cfg, grid) for arch in archs}
     cells = [(arch, lr, 0) for arch in archs for lr in cands[arch]]
     done = run_cells(cells, synset.images, synset.labels, bundle.split("val"), cfg=cfg, seed=seed, device=device,
-                     progress=progress, extra={"reported": bundle.split(split)}, soft_labels=soft)
+                     progress=progress, extra={"reported": bundle.split(split)}, soft_labels=soft, saved=saved,
+                     tag="select")
     chosen, record, first = {}, {}, {}
     for arch in archs:
         scored = [(lr, val, more["reported"]) for (a, lr, _), (val, more) in zip(cells, done, strict=True) if a == arch]
@@ -102,6 +104,7 @@ def evaluate_synset(
     log: Callable[[str], None] = print,
     hard_labels: bool = False,
     lr_grid: list[float | None] | None = None,
+    saved: SavedNetworks | None = None,
 ) -> dict:
     """Evaluate ``synset`` on each architecture; returns the ``results.json`` content.
 
@@ -112,6 +115,9 @@ def evaluate_synset(
     ``lr_grid`` (``eval --lr-grid``; None entries: the default rate): each architecture's rate is
     chosen among these on the validation split (:func:`select_lrs`, recorded per architecture
     as ``"lr_selection"``); ``split`` must then be ``"test"``.
+
+    ``saved`` (see :class:`~mtt_fast.evaluate.protocol.SavedNetworks`): networks a killed run
+    finished are taken from it, not trained again; each new one is saved as it finishes.
     """
     data = bundle.split(split)
     metric = headline_metric(bundle.num_classes)
@@ -119,7 +125,7 @@ def evaluate_synset(
     check_lr_grid(lr_grid, lr=cfg.lr, split=split)
     if lr_grid:
         lrs, selection, first = select_lrs(synset, bundle, archs, cfg, lr_grid, split=split, seed=seed, device=device,
-                                           progress=progress, soft=soft)
+                                           progress=progress, soft=soft, saved=saved)
     else:
         lrs, selection, first = {arch: eval_lr(synset, arch, cfg) for arch in archs}, {}, {}
     lr = lrs[archs[0]] if archs else eval_lr(synset, "convnet", cfg)
@@ -127,7 +133,7 @@ def evaluate_synset(
     # --lr-grid, repeat 0 is the network that won the selection (already scored on this split)
     cells = [(a, lrs[a], r) for a in archs for r in range(1 if a in first else 0, repeats)]
     done = run_cells(cells, synset.images, synset.labels, data, cfg=cfg, seed=seed, device=device, progress=progress,
-                     soft_labels=soft)
+                     soft_labels=soft, saved=saved)
     results = {}
     for arch in archs:
         runs = ([first[arch]] if arch in first else []) + [m for (a, _, _), (m, _) in zip(cells, done, strict=True)

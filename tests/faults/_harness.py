@@ -252,6 +252,12 @@ def distill_args(store, out, *extra) -> list:
             "--no-progress", *extra, "--out", out]
 
 
+def eval_args(synset, out) -> list:
+    """Two architectures x 3 repeats, the rate chosen between two on validation: 8 trained networks."""
+    return ["eval", "--synset", synset, "--archs", "convnet,convnetd1", "--repeats", "3", "--lr-grid", "0.001,0.01",
+            "--epochs", "30", "--seed", "4", "--no-progress", "--out", out]
+
+
 def buffer_args(crc_root, cache, out) -> list:
     """3 experts x 8 epochs of a width-8 depth-2 ConvNet at 16 px."""
     return ["buffer", "--dataset", "crc", "--data-root", crc_root, "--cache-dir", cache, "--res", "16",

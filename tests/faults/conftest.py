@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.cli.conftest import run
-from tests.faults._harness import buffer_args, distill_args, gan_args, launcher
+from tests.faults._harness import buffer_args, distill_args, eval_args, gan_args, launcher
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +66,16 @@ def buffer_ref(tmp_path_factory, crc_root, fault_cache):
 @pytest.fixture(scope="session")
 def gan_ref(tmp_path_factory, crc_root, fault_cache):
     return _reference(tmp_path_factory, "gan", lambda out: gan_args(crc_root, fault_cache, out))
+
+
+@pytest.fixture(scope="session")
+def fault_synset(tmp_path_factory, store):
+    """Random real images, ipc 2, of the tiny store: what the killed evaluations evaluate."""
+    out = tmp_path_factory.mktemp("fault-synset") / "random"
+    run("distill", "--buffer", store, "--method", "random", "--ipc", "2", "--seed", "1", "--no-progress", "--out", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def eval_ref(tmp_path_factory, fault_synset):
+    return _reference(tmp_path_factory, "eval", lambda out: eval_args(fault_synset, out))

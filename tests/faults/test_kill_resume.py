@@ -1,5 +1,5 @@
-"""kill -9 at random points of buffer / distill (mtt, adjoint) / gan train, then rerun the same
-command: the result equals an uninterrupted run bit for bit.
+"""kill -9 at random points of buffer / distill (mtt, adjoint) / gan train / eval, then rerun the
+same command: the result equals an uninterrupted run bit for bit.
 
 Each case is one seeded chain: a kill very early (while the command loads its data, takes the
 lock, writes config.yaml), then kills at random points of its progress (an expert shard, a
@@ -21,6 +21,7 @@ from tests.faults._harness import (
     assert_same_run,
     buffer_args,
     distill_args,
+    eval_args,
     gan_args,
     iterations,
     jsonl,
@@ -38,6 +39,10 @@ def _buffer_progress(out, t0):
     return len(list(out.glob("expert_*.safetensors")))  # a shard is never rewritten
 
 
+def _eval_progress(out, t0):
+    return len(list(out.glob("networks/*.json")))  # a trained network's file is never rewritten
+
+
 def _gan_progress(out, t0):
     m = out / "metrics.jsonl"
     return max((r["step"] for r in jsonl(m)), default=0) if written_since(m, t0) else 0
@@ -51,8 +56,10 @@ COMMANDS = {
     "distill": (lambda f, out: distill_args(f["store"], out), _distill_progress, range(12), 0.05),
     "buffer": (lambda f, out: buffer_args(f["crc_root"], f["fault_cache"], out), _buffer_progress, range(3), 0.3),
     "gan": (lambda f, out: gan_args(f["crc_root"], f["fault_cache"], out), _gan_progress, range(10), 0.05),
+    "eval": (lambda f, out: eval_args(f["fault_synset"], out), _eval_progress, range(7), 0.1),
 }
-CASES = [("distill", 0), ("distill", 1), ("buffer", 0), ("buffer", 1), ("gan", 0), ("gan", 1)]
+CASES = [("distill", 0), ("distill", 1), ("buffer", 0), ("buffer", 1), ("gan", 0), ("gan", 1), ("eval", 0),
+         ("eval", 1)]
 
 
 @pytest.mark.parametrize(("name", "seed"), CASES, ids=[f"{n}-seed{s}" for n, s in CASES])
@@ -60,6 +67,8 @@ def test_kill_then_resume_equals_an_uninterrupted_run(name, seed, procs, request
     args_of, progress, targets, jitter = COMMANDS[name]
     ref = request.getfixturevalue(f"{name}_ref")
     fixtures = {k: request.getfixturevalue(k) for k in ("store", "crc_root", "fault_cache")}
+    if name == "eval":
+        fixtures["fault_synset"] = request.getfixturevalue("fault_synset")
     out = tmp_path / name
     args = args_of(fixtures, out)
     rng = random.Random(f"{name}-{seed}")
