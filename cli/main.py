@@ -322,13 +322,18 @@ def sweep(grid, preset, out, device, progress):
               help="Train on the synset's hard classes even when it has soft labels (default: a synset with soft "
                    "labels is trained on with soft cross-entropy against softmax(soft_labels)).")
 @dsa_options
-@click.option("--out", required=True, help="Directory for results.json and results.md.")
+@click.option("--out", required=True, help="Directory for results.json, results.md and networks/ (one file per "
+              "trained network).")
 @click.option("--overwrite", is_flag=True, help="Replace existing results in --out.")
 @common_options
 @user_errors
 def eval_cmd(synset_dir, data_root, archs, repeats, epochs, lr, lr_grid, batch_size, split, hard_labels, dsa_strategy, dsa_mode,
              dsa_impl, out, overwrite, seed, device, progress):
-    """Train networks from scratch on a synset and test them on real data."""
+    """Train networks from scratch on a synset and test them on real data.
+
+    Each trained network's metrics are kept in OUT/networks/ as it finishes: rerun the same
+    command after a crash or a kill and only the networks still missing are trained.
+    """
     from mtt_fast.stages import EvalStage, run_eval
 
     cfg = EvalConfig(epochs=epochs, lr=lr, batch_size=batch_size, dsa=stage_common.dsa_dict(dsa_strategy, dsa_mode),
