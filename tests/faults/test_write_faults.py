@@ -1,5 +1,5 @@
 """A full or read-only output directory, simulated (no small tmpfs in CI): the Nth write into
-``--out`` fails with ENOSPC or EROFS, in-process, for distill, buffer and gan train.
+``--out`` fails with ENOSPC or EROFS, in-process, for distill, buffer, gan train and eval.
 
 Three writers are wrapped, and counted in a clean run first so that N can be the first, a middle
 and the last write of each kind:
@@ -23,7 +23,7 @@ import pytest
 
 import mtt_fast.io
 from tests.cli.conftest import run
-from tests.faults._harness import assert_clean, assert_same_run, buffer_args, distill_args, gan_args
+from tests.faults._harness import assert_clean, assert_same_run, buffer_args, distill_args, eval_args, gan_args
 
 REASON = {errno.ENOSPC: os.strerror(errno.ENOSPC), errno.EROFS: os.strerror(errno.EROFS)}
 
@@ -100,11 +100,13 @@ COMMANDS = {
     "distill": lambda f, out: distill_args(f["store"], out),
     "buffer": lambda f, out: buffer_args(f["crc_root"], f["fault_cache"], out),
     "gan": lambda f, out: gan_args(f["crc_root"], f["fault_cache"], out),
+    "eval": lambda f, out: eval_args(f["fault_synset"], out),
 }
 
 
 def _args(name, request, out):
-    return COMMANDS[name]({k: request.getfixturevalue(k) for k in ("store", "crc_root", "fault_cache")}, out)
+    needs = ("fault_synset",) if name == "eval" else ("store", "crc_root", "fault_cache")
+    return COMMANDS[name]({k: request.getfixturevalue(k) for k in needs}, out)
 
 
 _counted: dict[str, list] = {}
@@ -129,6 +131,7 @@ CASES = [
     ("buffer", "rename", "mid"), ("buffer", "tensors", 2),
     ("gan", "rename", "mid"), ("gan", "append", "mid"),
     ("gan", "tensors", -1),
+    ("eval", "rename", 1), ("eval", "rename", "mid"), ("eval", "rename", -1),
 ]
 IDS = ["-".join(map(str, c.values if hasattr(c, "values") else c)) for c in CASES]
 
