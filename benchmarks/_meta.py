@@ -13,7 +13,9 @@ import os
 import shutil
 import statistics
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -58,6 +60,11 @@ class KeptCells:
     report read) are copied to ``folder/<cell>/`` with the cell's command written with ``out`` as
     ``{out}`` (``cell.json``); committed, they let a later session on an empty ``out`` put the
     cell back instead of running it again: only when its command is the same (same settings).
+
+    An evaluation cell still running keeps its trained networks too (``folder/<cell>.partial/``:
+    ``networks/*.json``, the run's ``config.yaml`` and the command; :meth:`keep_partial`, kept up
+    to date by :meth:`watch`), so a later session resumes it instead of training them again
+    (:meth:`restore_partial`; ``mtt-fast eval`` takes the saved networks back).
     """
 
     #: what a distillation cell keeps: its selected synset and its summary (the choice on validation)
@@ -84,6 +91,91 @@ class KeptCells:
                                                    **(extra or {})}, indent=1) + "\n")
         shutil.rmtree(self.folder / name, ignore_errors=True)
         tmp.rename(self.folder / name)
+        shutil.rmtree(self.partial_folder(name), ignore_errors=True)  # finished: its networks are in results
+
+    # -------------------------------------------------------------- an evaluation still running
+    def partial_folder(self, name: str) -> Path:
+        return self.folder / f"{name}.partial"
+
+    def keep_partial(self, name: str, run, argv) -> int:
+        """Copy the trained networks of the unfinished evaluation run ``run`` (``networks/*.json``
+        and its ``config.yaml``, with ``out`` as ``{out}``) and its command to
+        ``folder/<name>.partial/``, replacing an earlier copy in one rename; how many networks are
+        kept (0: the run is finished, has no network yet, or is not an evaluation run)."""
+        run = Path(run)
+        nets = sorted((run / "networks").glob("*.json"))
+        if (run / "COMPLETE").exists() or not nets or not (run / "config.yaml").is_file():
+            return 0
+        dest = self.partial_folder(name)
+        if sorted(p.name for p in (dest / "networks").glob("*.json")) == [p.name for p in nets] \
+                and (self.partial_record(name) or {}).get("argv") == self.signature(argv):
+            return len(nets)  # nothing new
+        tmp = self.folder / f".{name}.partial.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "networks").mkdir(parents=True)
+        for f in nets:
+            shutil.copyfile(f, tmp / "networks" / f.name)
+        (tmp / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(self.out), "{out}"))
+        (tmp / "cell.json").write_text(json.dumps({"argv": self.signature(argv), "commit": source_commit()},
+                                                  indent=1) + "\n")
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+        return len(nets)
+
+    def partial_record(self, name: str) -> dict | None:
+        try:
+            return json.loads((self.partial_folder(name) / "cell.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def restore_partial(self, name: str, run, argv) -> int:
+        """Put the kept networks of ``name`` into ``run`` (absent or empty) with its ``config.yaml``
+        when they were made by the command ``argv``: the evaluation then resumes from them. How many
+        networks were put back."""
+        rec, run = self.partial_record(name), Path(run)
+        if rec is None or (run.exists() and any(run.iterdir())):
+            return 0
+        if rec.get("argv") != self.signature(argv):
+            print(f"kept networks of {name} were made with other settings: not restored", flush=True)
+            return 0
+        src = self.partial_folder(name)
+        (run / "networks").mkdir(parents=True, exist_ok=True)
+        nets = sorted((src / "networks").glob("*.json"))
+        for f in nets:
+            shutil.copyfile(f, run / "networks" / f.name)
+        (run / "config.yaml").write_text((src / "config.yaml").read_text().replace("{out}", str(self.out)))
+        return len(nets)
+
+    def watch(self, running: Callable[[], Iterable[tuple[str, Path, list]]], every: float = 60.0) -> Callable[[], None]:
+        """Keep the networks of the evaluations ``running()`` names (``(name, run, argv)``) every
+        ``every`` seconds, in a daemon thread; returns the function that stops it after a last pass."""
+        stop = threading.Event()
+
+        def one_pass() -> None:
+            for name, run, argv in list(running()):
+                try:
+                    self.keep_partial(name, run, argv)
+                except OSError as e:  # a network written while copied: the next pass takes it
+                    print(f"keeping the networks of {name} failed this time: {e}", flush=True)
+
+        def loop() -> None:
+            while not stop.wait(every):
+                one_pass()
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+
+        def finish() -> None:
+            stop.set()
+            thread.join()
+            one_pass()
+            for partial in self.folder.glob("*.partial"):  # a copy that raced the end of its cell
+                name = partial.name.removesuffix(".partial")
+                full, part = self.record(name), self.partial_record(name)
+                if full is not None and part is not None and full.get("argv") == part.get("argv"):
+                    shutil.rmtree(partial, ignore_errors=True)
+
+        return finish
 
     def record(self, name: str) -> dict | None:
         """The kept ``cell.json`` of ``name`` (None: not kept)."""

@@ -234,6 +234,14 @@ class Study:
                 continue
             if self.kept.restore(name, cell.out, _kept_files(name), argv):
                 restored.append(name)
+        for name, cell in self.cells.items():  # an evaluation a session left unfinished: its trained networks
+            if name.startswith("eval_") and not cell.done() and self.kept.partial_record(name) is not None:
+                try:
+                    n = self.kept.restore_partial(name, cell.out, self.signature(name))
+                except TypeError:
+                    continue
+                if n:
+                    print(f"put back {n} trained networks of the unfinished {name}", flush=True)
         if restored:
             print(f"restored {len(restored)} finished cells from {KEEP}: {', '.join(restored)}", flush=True)
         return restored
@@ -296,6 +304,17 @@ class Study:
         running: dict[str, tuple[subprocess.Popen, float]] = {}
         log_files: dict[str, object] = {}
         failed: list[str] = []
+        # the running evaluations' trained networks are kept as they come (a session may end mid-cell)
+        stop_watch = self.kept.watch(lambda: [] if self.quick else [
+            (n, self.cells[n].out, self.signature(n)) for n in list(running) if n.startswith("eval_")])
+        try:
+            self._loop(jobs, pending, running, log_files, failed, logs, env, times)
+        finally:
+            stop_watch()
+        if failed:
+            print(f"{len(failed)} cells failed: {failed}; rerun the same command to retry them", flush=True)
+
+    def _loop(self, jobs, pending, running, log_files, failed, logs, env, times) -> None:
         while pending or running:
             for name, (proc, t0) in list(running.items()):
                 if proc.poll() is not None:
@@ -327,8 +346,6 @@ class Study:
                 print(f"cannot run {[c.name for c in pending]}: a dependency failed", flush=True)
                 break
             time.sleep(0.5)
-        if failed:
-            print(f"{len(failed)} cells failed: {failed}; rerun the same command to retry them", flush=True)
 
     # ------------------------------------------------------------------ the report
     def gan_record(self, name: str) -> dict:

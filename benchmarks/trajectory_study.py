@@ -204,9 +204,13 @@ class Cell:
             self.kept.keep(self.name, self.run, self.kept_files, self.signature, {"wall_seconds": _wall(self.run)})
 
     def restore(self) -> bool:
-        """Put the kept copy back (same command only), with its wall time; whether it was restored."""
-        if self.kept is None or self.done or not self.kept_files or not self.kept.restore(
-                self.name, self.run, self.kept_files, self.signature):
+        """Put the kept copy back (same command only), with its wall time; whether it was restored.
+        An evaluation a session left unfinished gets its kept trained networks back instead."""
+        if self.kept is None or self.done or not self.kept_files:
+            return False
+        if not self.kept.restore(self.name, self.run, self.kept_files, self.signature):
+            if self.args[0] == "eval" and (n := self.kept.restore_partial(self.name, self.run, self.signature)):
+                print(f"put back {n} trained networks of the unfinished {self.name}", flush=True)
             return False
         wall = (self.kept.record(self.name) or {}).get("wall_seconds")
         if wall is not None:
@@ -249,12 +253,20 @@ def _run_all(cells: list[Cell], jobs: int, threads: int, device: str) -> list[st
     todo = [c for c in cells if not c.done]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells already finished; running {len(todo)} with {jobs} jobs",
           flush=True)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for name, wall, rc in pool.map(lambda c: c.execute(threads, device), todo):
-            status = "ok" if rc == 0 else f"FAILED (exit {rc}, see its log)"
-            print(f"  {name}: {status}" + (f", {wall:.0f} s" if wall is not None else ""), flush=True)
-            if rc != 0:
-                failed.append(name)
+    kept = next((c.kept for c in todo if c.kept is not None), None)
+    # the evaluations' trained networks are kept as they come (a session may end in the middle of a cell)
+    stop_watch = kept.watch(lambda: [(c.name, c.run, c.signature) for c in todo
+                                     if c.kept is not None and c.args[0] == "eval"]) if kept else None
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for name, wall, rc in pool.map(lambda c: c.execute(threads, device), todo):
+                status = "ok" if rc == 0 else f"FAILED (exit {rc}, see its log)"
+                print(f"  {name}: {status}" + (f", {wall:.0f} s" if wall is not None else ""), flush=True)
+                if rc != 0:
+                    failed.append(name)
+    finally:
+        if stop_watch is not None:
+            stop_watch()
     return failed
 
 

@@ -160,3 +160,129 @@ def test_trajectory_study_chooses_plain_mtts_tplus_on_validation_ties_to_the_ear
     sched = rows["mtt_schedule"](1)
     assert sched[sched.index("--start-epoch-schedule") + 1] == "2:4:80"
     assert sched[sched.index("--max-start-epoch") + 1] == "4"
+
+
+def test_an_unfinished_evaluation_resumes_in_a_later_session_from_its_kept_networks(store, tmp_path, monkeypatch):
+    """A session ends in the middle of an evaluation cell: its trained networks are kept, and a later
+    session on another --out puts them back; the evaluation resumes to the uninterrupted result."""
+    import shutil
+
+    from _meta import KeptCells
+    from mtt_fast.evaluate import protocol
+    from tests.cli.conftest import run
+
+    def cell(out: Path) -> tuple[Path, list[str]]:
+        ev = out / "cells" / "random_eval_convnetd1"
+        return ev, ["eval", "--synset", str(out / "cells" / "random"), "--archs", "convnetd1", "--repeats", "3",
+                    "--lr-grid", "0.001,0.01", "--epochs", "2", "--no-progress", "--out", str(ev)]
+
+    a, b, kept = tmp_path / "a", tmp_path / "b", tmp_path / "kept"
+    run("distill", "--buffer", store, "--method", "random", "--ipc", "2", "--no-progress",
+        "--out", a / "cells" / "random")
+    shutil.copytree(a / "cells" / "random", b / "cells" / "random")  # as a kept distillation is put back
+    ref_run, ref_argv = cell(tmp_path / "ref")
+    shutil.copytree(a / "cells" / "random", tmp_path / "ref" / "cells" / "random")
+    run(*ref_argv)
+
+    real, calls = protocol.evaluate_cell, []
+
+    def dies_after_two(*args, **kw):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the session ends
+        calls.append(args[:3])
+        return real(*args, **kw)
+
+    ev_a, argv_a = cell(a)
+    with monkeypatch.context() as mp:
+        mp.setattr(protocol, "evaluate_cell", dies_after_two)
+        r = run(*argv_a, ok=False)
+    assert r.exit_code == 2 and "interrupted" in r.output
+    ka = KeptCells(kept, a)
+    assert ka.keep_partial("ev", ev_a, argv_a) == 2
+    assert ka.keep_partial("ev", ev_a, argv_a) == 2  # nothing new: the copy stays
+    assert "{out}" in (kept / "ev.partial" / "config.yaml").read_text()
+
+    ev_b, argv_b = cell(b)
+    kb = KeptCells(kept, b)
+    assert kb.restore_partial("ev", ev_b, argv_b[:-3] + ["--epochs", "3", "--out", str(ev_b)]) == 0  # other settings
+    assert not ev_b.exists()
+    assert kb.restore_partial("ev", ev_b, argv_b) == 2
+    assert str(b) in (ev_b / "config.yaml").read_text()
+    assert kb.restore_partial("ev", ev_b, argv_b) == 0  # never over a run that holds something
+    calls.clear()
+    with monkeypatch.context() as mp:
+        mp.setattr(protocol, "evaluate_cell", dies_after_two)
+        r = run(*argv_b)
+    assert "resuming: 2 networks" in r.output and len(calls) == 2  # 4 networks in all: only 2 trained here
+    got = json.loads((ev_b / "results.json").read_text())["results"]
+    want = json.loads((ref_run / "results.json").read_text())["results"]
+    assert got == want
+    # once finished and kept whole, the partial copy goes
+    assert kb.keep_partial("ev", ev_b, argv_b) == 0
+    kb.keep("ev", ev_b, ["results.json"], argv_b)
+    assert not (kept / "ev.partial").exists() and (kept / "ev" / "results.json").is_file()
+
+
+def test_watch_keeps_networks_as_they_come_and_stops(tmp_path):
+    from _meta import KeptCells
+
+    out = tmp_path / "o"
+    run = out / "ev"
+    (run / "networks").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"out: {run}\n")
+    kept = KeptCells(tmp_path / "kept", out)
+    stop = kept.watch(lambda: [("ev", run, ["eval", "--out", str(run)])], every=0.05)
+    (run / "networks" / "report-a-r0.json").write_text("{}")
+    import time
+
+    deadline = time.time() + 10
+    while not (tmp_path / "kept" / "ev.partial" / "networks" / "report-a-r0.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    (run / "networks" / "report-a-r1.json").write_text("{}")
+    stop()  # a last pass: the second network too
+    assert sorted(p.name for p in (tmp_path / "kept" / "ev.partial" / "networks").iterdir()) == \
+        ["report-a-r0.json", "report-a-r1.json"]
+    assert (tmp_path / "kept" / "ev.partial" / "config.yaml").read_text() == "out: {out}/ev\n"
+
+
+def _fake_partial(kept, name: str, run: Path, argv) -> None:
+    (run / "networks").mkdir(parents=True)
+    (run / "networks" / "select-alexnet-lr0.01-r0.json").write_text("{}")
+    (run / "config.yaml").write_text(f"synset: {run}\n")
+    assert kept.keep_partial(name, run, argv) == 1
+
+
+def test_both_studies_put_back_the_networks_of_an_unfinished_evaluation(tmp_path):
+    import shutil
+
+    import trajectory_study
+
+    from _meta import KeptCells
+
+    # glad_study: Study.restore
+    name = "eval_random_ipc10_alexnet"
+    study = _study(tmp_path / "a")
+    study.kept = KeptCells(tmp_path / "kept", study.out)
+    _fake_partial(study.kept, name, study.cells[name].out, study.signature(name))
+    again = _study(tmp_path / "b")
+    again.kept = KeptCells(tmp_path / "kept", again.out)
+    again.restore()
+    run = again.cells[name].out
+    assert (run / "networks" / "select-alexnet-lr0.01-r0.json").is_file() and not again.cells[name].done()
+    assert (run / "config.yaml").read_text() == f"synset: {run}\n"
+
+    # trajectory_study: Cell.restore
+    shutil.rmtree(tmp_path / "kept")
+
+    def cell(out):
+        ev = out / "cells" / "random_ipc1_eval_alexnet"
+        c = trajectory_study.Cell(ev.name, ev, ["eval", "--synset", str(out / "cells" / "random_ipc1"), "--out",
+                                                str(ev)], tmp_path / "logs")
+        c.kept = KeptCells(tmp_path / "kept", out)
+        return c
+
+    first = cell(tmp_path / "c")
+    _fake_partial(first.kept, first.name, first.run, first.signature)
+    second = cell(tmp_path / "d")
+    assert not second.restore() and not second.done  # not finished: it runs, resuming
+    assert (second.run / "networks" / "select-alexnet-lr0.01-r0.json").is_file()
