@@ -55,6 +55,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -154,6 +155,16 @@ def rows(s: dict, sam: bool, tplus: dict[int, int | None] | None = None) -> list
     out.append(("mtt_all", "MTT + all", lambda ipc: mtt(ipc) + soft(ipc) + schedule(ipc) + skip(ipc) + ema(ipc)
                 + pad_rule(ipc)))
     return out
+
+
+#: the rows the target compares (plain MTT, the combination, the soft-label controls), evaluated first
+TARGET_ROWS = ("mtt", "mtt_all", "random_soft", "herding_soft", "kcenter_soft")
+
+
+def _priority(cell: str) -> int:
+    """Where an evaluation cell's row stands in :data:`TARGET_ROWS` (after them all: every other row)."""
+    key = re.sub(r"_t\d+$", "", cell.split("_ipc")[0])
+    return TARGET_ROWS.index(key) if key in TARGET_ROWS else len(TARGET_ROWS)
 
 
 def _best_val(run: Path) -> tuple[float | None, int | None]:
@@ -604,9 +615,11 @@ def main() -> None:
             failed += _run_all(list(chosen.values()), args.jobs, args.threads, args.device)
             evals = attach(evals_of(chosen))
             ready = [c for c in evals if (Path(c.args[c.args.index("--synset") + 1]) / "COMPLETE").is_file()]
-            # the cheap backbone column of every row first, then the unseen architectures, ipc 1 before ipc 10
-            # (a study spread over sessions fills whole columns early)
-            ready.sort(key=lambda c: (c.name.split("_eval_")[1] != "convnet", "_ipc10_" in c.name))
+            # the cheap backbone column of every row first, then the unseen architectures, ipc 1 before ipc 10,
+            # and within each the target's rows (plain MTT, MTT + all, the soft-label controls) before the
+            # others (a study spread over sessions fills the comparisons that decide the target early)
+            ready.sort(key=lambda c: (c.name.split("_eval_")[1] != "convnet", "_ipc10_" in c.name,
+                                      _priority(c.name)))
             failed += _run_all(ready, args.jobs, args.threads, args.device)
     if restored:
         print(f"restored {len(restored)} finished cells from {KEEP}", flush=True)

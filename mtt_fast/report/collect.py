@@ -202,6 +202,26 @@ def kind_of(path: Path) -> str | None:
     return None
 
 
+def running_eval_note(path: Path) -> str:
+    """The report's note for an evaluation still running (or killed): how many of its networks are saved.
+
+    ``eval`` saves each trained network under ``networks/`` as it finishes (a rerun resumes from
+    them); the total is what its config.yaml asks for: per architecture ``--repeats`` networks, and
+    with ``--lr-grid`` one selection network per candidate rate, the chosen one counting as repeat 0.
+    A grid naming the default rate (``none``) may coincide with another entry, so no total is given.
+    """
+    cfg = _config(path)
+    folder = path / "networks"
+    saved = len(list(folder.glob("*.json"))) if folder.is_dir() else 0
+    archs, repeats, grid = cfg.get("archs"), cfg.get("repeats"), cfg.get("lr_grid") or []
+    total = None
+    if isinstance(archs, list) and archs and isinstance(repeats, int) and repeats > 0 and None not in grid:
+        total = len(archs) * (repeats + len(set(grid)) - 1 if grid else repeats)
+    count = f"{saved} of {total}" if total is not None else f"{saved}"
+    return (f"{path}: evaluation still running or stopped ({count} networks saved, no results.json yet; "
+            f"the same `mtt-fast eval` command resumes it); left out")
+
+
 def synset_dir(path: Path) -> Path | None:
     """The synset directory of ``path`` (itself, or ``path/synset``), or None."""
     for p in (path / "synset", path):
@@ -262,7 +282,7 @@ def load_distill(path: Path, name: str, notes: list[str]) -> DistillRun:
         if k == "eval":
             run.evals.append(load_eval(sub, f"{name}/{sub.relative_to(path)}", syn))
         elif k == "eval-running":
-            notes.append(f"{sub}: evaluation still running (no results.json yet); left out")
+            notes.append(running_eval_note(sub))
     return run
 
 
@@ -273,7 +293,7 @@ def _add(path: Path, root: Path, kind: str, col: Collection) -> None:
     elif kind == "eval":
         col.evals.append(load_eval(path, name))
     elif kind == "eval-running":
-        col.notes.append(f"{path}: evaluation still running (no results.json yet); left out")
+        col.notes.append(running_eval_note(path))
     elif kind == "sweep":
         col.sweeps.append(Sweep(path, name, read_json(path / "summary.json", what="sweep summary")))
 

@@ -93,7 +93,10 @@ def runs(tmp_path_factory):
     _synset(rnd / "synset", "random", 1, seed=1)
     _write(rnd / "eval" / "results.json", json.dumps(_results("random", 1, {
         "convnet": _arch(45.5, 33.25, [99.0, 0.5, 0.25]), "alexnet": _arch(40.0, 35.0, [1.0, 2.0, 3.0])})))
-    _write(rnd / "eval_cross" / "config.yaml", "command: eval\n")
+    _write(rnd / "eval_cross" / "config.yaml", "command: eval\narchs: [alexnet, vgg11]\nrepeats: 3\n"
+                                               "lr_grid: [0.001, 0.01]\n")
+    for name in ("select-alexnet-lr0.001-r0", "select-alexnet-lr0.01-r0"):  # a killed eval's saved networks
+        _write(rnd / "eval_cross" / "networks" / f"{name}.json", "{}")
     # a sweep (format of the `sweep` command's summary.json)
     sweep = root / "sweeps" / "lr_sweep"
     _write(sweep / "summary.json", json.dumps({"metric": "accuracy", "keys": ["lr_img", "syn_steps"], "rows": [
@@ -149,7 +152,8 @@ def test_tables_hold_the_numbers(report):
     assert "max over evaluations" in md and "selection on the test set" in md
     assert "| toy | 1 | MTT | Accuracy (%) | 68.0 ± 2.0 | 6 | `study/mtt_ipc1` |" in md
     assert "max over in-loop evaluations of the TEST split 68.0 at iteration 6" in md
-    assert "eval_cross: evaluation still running" in md
+    # per architecture: 2 selection networks (one is repeat 0) + 2 more repeats
+    assert "eval_cross: evaluation still running or stopped (2 of 8 networks saved" in md
     data = json.loads((report / "report.json").read_text())
     assert [t["value"] for t in data["max_test_over_evals"]] == [68.0]
     counts = {c["dataset"]: c for c in data["class_counts"]}
@@ -381,3 +385,17 @@ def test_grid_figure_labels_rows_once(tmp_path, monkeypatch):
     # the old grid, labelled, is the new grid: the same labels as grid.png carries
     relabelled = label_rows(np.asarray(Image.open(old).convert("RGB")), CLASSES, pad=2)
     assert np.array_equal(relabelled, np.asarray(Image.open(tmp_path / "new" / "grid.png").convert("RGB")))
+
+
+def test_a_running_evals_note_counts_its_saved_networks(tmp_path):
+    from mtt_fast.report.collect import running_eval_note
+
+    run = tmp_path / "ev"
+    _write(run / "config.yaml", "command: eval\narchs: [resnet18]\nrepeats: 3\nlr_grid: null\n")
+    assert "(0 of 3 networks saved" in running_eval_note(run)
+    for r in range(2):
+        _write(run / "networks" / f"report-resnet18-lr0.01-r{r}.json", "{}")
+    assert "(2 of 3 networks saved" in running_eval_note(run)
+    # a grid naming the default rate may coincide with another entry: no total is claimed
+    _write(run / "config.yaml", "command: eval\narchs: [resnet18]\nrepeats: 3\nlr_grid: [null, 0.01]\n")
+    assert "(2 networks saved" in running_eval_note(run)
