@@ -45,9 +45,20 @@ def config_option(f):
                         callback=_load_config, help="YAML file of option values (flags given on the command line win).")(f)
 
 
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
+
+
 def common_options(f):
-    """--seed, --device, --progress/--no-progress, --config."""
+    """--seed, --device, --num-threads, --progress/--no-progress, --config."""
     f = click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")(f)
+    f = click.option("--num-threads", type=click.IntRange(min=1), default=None, expose_value=False,
+                     callback=_set_threads,
+                     help="CPU threads of PyTorch (default: its own, one per core). A resumed run gives the same "
+                          "bits as an uninterrupted one only on the same thread count.")(f)
     f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")(f)
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")(f)
     return config_option(f)

@@ -72,7 +72,6 @@ def gan() -> None:
               help="Epochs of the default class-consistency classifier.")
 @click.option("--dsa-impl", type=click.Choice(["auto", "fused", "reference"]), default="auto", show_default=True,
               help="Augmentation implementation (see `mtt-fast buffer --help`).")
-@click.option("--num-threads", type=int, default=None, help="CPU threads of PyTorch (default: its own choice).")
 @click.option("--out", required=True, help="Run directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @common_options
@@ -81,7 +80,7 @@ def gan_train(dataset, data_root, res, normalization, data_option, cache_dir, st
               channel_max, mapping_layers, lr, r1_gamma, r1_interval, ema_kimg, mixing_prob, augment, ada_target,
               ada_interval, ada_kimg, aug, max_train_per_class, sample_every, checkpoint_every, quality_every,
               quality_samples, quality_truncation, log_every, classifier_store, classifier_epochs, dsa_impl,
-              num_threads, out, overwrite, seed, device, progress):
+              out, overwrite, seed, device, progress):
     """Train a class-conditional StyleGAN2-like generator on the real training split.
 
     Writes generator.safetensors + generator.json (the EMA generator, for `distill
@@ -100,7 +99,7 @@ def gan_train(dataset, data_root, res, normalization, data_option, cache_dir, st
                     sample_every=sample_every, checkpoint_every=checkpoint_every, quality_every=quality_every,
                     quality_samples=quality_samples, log_every=log_every, classifier_store=classifier_store,
                     classifier_epochs=classifier_epochs, seed=seed)
-    stage = GanStage(data_options_of(dataset, data_root, res, normalization, data_option, cache_dir), cfg, num_threads)
+    stage = GanStage(data_options_of(dataset, data_root, res, normalization, data_option, cache_dir), cfg)
     run_gan(stage, out_path(out), overwrite=overwrite, device=device, progress=progress, log=echo)
 
 

@@ -114,6 +114,7 @@ def differences(recorded: dict | None, device: torch.device | str = "cpu") -> st
     if not recorded:
         return None
     now = runtime(device)
-    diffs = [f"{k} {recorded[k]} then, {now[k]} now" for k in ("torch", "threads", "cpu_capability", "device")
-             if k in recorded and recorded[k] != now[k]]
+    diffs = [f"{k} {recorded[k]} then, {now[k]} now" + (f" (`--num-threads {recorded[k]}` restores it)"
+                                                         if k == "threads" else "")
+             for k in ("torch", "threads", "cpu_capability", "device") if k in recorded and recorded[k] != now[k]]
     return "; ".join(diffs) or None

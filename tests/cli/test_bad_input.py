@@ -128,3 +128,9 @@ def test_offload_history_needs_a_reverse_engine(store, tmp_path):
     r = run("distill", "--buffer", store, *DISTILL, "--engine", "full", "--offload-history", "--out", tmp_path / "o",
             ok=False)
     _error(r, "--offload-history", "adjoint")
+
+
+def test_num_threads_below_one(tmp_path):
+    r = run("eval", "--synset", tmp_path, "--num-threads", "0", "--out", tmp_path / "o", ok=False)
+    assert r.exit_code == 2 and "'--num-threads': 0 is not in the range x>=1" in r.output, r.output
+    assert not (tmp_path / "o").exists()
