@@ -199,4 +199,59 @@ class KeptCells:
                 (run / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.folder / name / f, run / f)
         (run / "COMPLETE").write_text(f"restored from {self.folder / name} (made at commit {rec.get('commit')})\n")
+        self.stamp(run, argv)
         return True
+
+    # -------------------------------------------------------------- which command made a run under out
+    @staticmethod
+    def stamp_file(run) -> Path:
+        """``<run>.cell.json`` beside the run directory (the run itself belongs to mtt-fast)."""
+        run = Path(run)
+        return run.parent / f"{run.name}.cell.json"
+
+    def stamp(self, run, argv) -> None:
+        """Record that the finished run ``run`` was made by ``argv`` (see :meth:`check_finished`)."""
+        f = self.stamp_file(run)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f".{f.name}.tmp")
+        tmp.write_text(json.dumps({"argv": self.signature(argv)}, indent=1) + "\n")
+        tmp.replace(f)
+
+    def check_finished(self, cells: Iterable[tuple[str, Path, list]]) -> None:
+        """Refuse to go on when a finished run under ``out`` was made with other settings.
+
+        A study skips a cell whose run directory is finished (``COMPLETE``). That is only right
+        when the run was made by the command the study would give it now: a study rerun on the
+        same ``--out`` with other settings would otherwise report the old runs under the new
+        settings. ``cells``: ``(name, run, argv)``. A finished run stamped with another command
+        stops the study (``SystemExit``, one line per run: the first differing argument); one
+        without a stamp (finished before stamps existed, or by hand) is taken as this study's and
+        stamped.
+        """
+        bad = []
+        for name, run, argv in cells:
+            if not (Path(run) / "COMPLETE").is_file():
+                continue
+            try:
+                made = json.loads(self.stamp_file(run).read_text())["argv"]
+            except FileNotFoundError:
+                self.stamp(run, argv)
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                made = None
+            now = self.signature(argv)
+            if made != now:
+                bad.append(f"{run}: finished by another command than this study's ({_first_difference(made, now)})")
+        if bad:
+            raise SystemExit("error: " + "\nerror: ".join(bad) + "\nchoose another --out, or delete those runs "
+                             "(and their .cell.json) to run them again")
+
+
+def _first_difference(old: list[str] | None, new: list[str]) -> str:
+    """Where two commands first differ, as ``then ... / now ...``."""
+    if not isinstance(old, list):
+        return "its .cell.json is unreadable"
+    for i, (a, b) in enumerate(zip(old, new, strict=False)):
+        if a != b:
+            return f"argument {i}: {a!r} then, {b!r} now"
+    return f"{len(old)} arguments then, {len(new)} now"

@@ -215,6 +215,18 @@ class Study:
                 sig += ["#synset-made-by", *self.cells[dep].argv()]
         return sig
 
+    def check_finished(self) -> None:
+        """Stop when a run finished under --out was made by another command than this study's
+        (``_meta.KeptCells.check_finished``; a cell whose command cannot be built yet is skipped)."""
+        cells = []
+        for name, cell in self.cells.items():
+            if cell.done():
+                try:
+                    cells.append((name, cell.out, self.signature(name)))
+                except TypeError:  # e.g. the long GLaD run of a grid someone deleted: nothing to compare
+                    continue
+        self.kept.check_finished(cells)
+
     def keep(self, name: str) -> None:
         """Keep a finished cell's small outputs under ``KEEP/<name>`` (``_meta.KeptCells``; not with --quick)."""
         if not self.quick and _kept_files(name):
@@ -321,6 +333,7 @@ class Study:
                     del running[name]
                     log_files.pop(name).close()
                     if proc.returncode == 0 and self.cells[name].done():
+                        self.kept.stamp(self.cells[name].out, self.signature(name))
                         self.keep(name)
                         times[name] = time.perf_counter() - t0
                         (self.out / "times.json").write_text(json.dumps(times, indent=1))
@@ -509,6 +522,7 @@ def main() -> None:
     if args.repeats:
         s["eval"]["repeats"] = args.repeats
     study = Study(Path(args.out).resolve(), s, [int(i) for i in args.ipcs.split(",") if i], args.seed, args.quick)
+    study.check_finished()
     study.restore()
     study.keep_finished()
     if not args.report_only:

@@ -194,6 +194,7 @@ class Cell:
     def __init__(self, name: str, run: Path, args: list[str], logs: Path):
         self.name, self.run, self.args, self.log = name, run, args, logs / f"{name}.log"
         self.kept: KeptCells | None = None  # where a finished cell is kept (None: not kept)
+        self.stamps: KeptCells | None = None  # records which command finished the run (see attach)
         #: the commands of what this cell reads (a distillation's store, an evaluation's synset): a kept
         #: copy is put back only when they are the same too (the cell's own command names only paths)
         self.made_from: list[str] = []
@@ -247,6 +248,8 @@ class Cell:
         wall = time.perf_counter() - t0
         if rc == 0 and self.done:
             (self.run.parent / f"{self.run.name}.wall.json").write_text(json.dumps({"seconds": wall}))
+            if self.stamps is not None:
+                self.stamps.stamp(self.run, self.signature)
             self.keep()
         return self.name, wall, rc
 
@@ -535,10 +538,15 @@ def main() -> None:
         stores["sam"] = Cell("buffer_sam", cells_dir / "buffer_sam",
                              [*buf_args, "--sam-rho", str(args.sam_rho), "--out", str(cells_dir / "buffer_sam")], logs)
     kept = None if args.quick else KeptCells(KEEP, out)  # finished cells kept in the repository (not --quick)
+    stamps = KeptCells(KEEP, out)  # which command finished each run under --out (with --quick too)
     restored: list[str] = []
 
     def attach(cells: list[Cell]) -> list[Cell]:
-        """Hook the cells to the kept copies: put back the kept ones, keep the ones finished here."""
+        """Hook the cells to the kept copies: stop on a run finished here by another command, put
+        back the kept ones, keep the ones finished here."""
+        stamps.check_finished([(c.name, c.run, c.signature) for c in cells])
+        for c in cells:
+            c.stamps = stamps
         if kept is not None:
             for c in cells:
                 c.kept = kept

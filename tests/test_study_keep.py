@@ -286,3 +286,41 @@ def test_both_studies_put_back_the_networks_of_an_unfinished_evaluation(tmp_path
     second = cell(tmp_path / "d")
     assert not second.restore() and not second.done  # not finished: it runs, resuming
     assert (second.run / "networks" / "select-alexnet-lr0.01-r0.json").is_file()
+
+
+def test_a_run_finished_under_out_by_another_command_stops_the_study(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setattr(glad_study, "KEEP", tmp_path / "kept")
+    a = _study(tmp_path / "a")
+    cell = a.cells["eval_random_ipc10_convnet"]
+    cell.out.mkdir(parents=True)
+    (cell.out / "COMPLETE").write_text("")
+    stamp = cell.out.parent / f"{cell.out.name}.cell.json"
+    a.check_finished()  # finished before stamps existed: taken as this study's, and stamped
+    assert json.loads(stamp.read_text())["argv"] == a.kept.signature(a.signature(cell.name))
+    a.check_finished()  # same settings: goes on
+    # the same --out, evaluations of 100 epochs: the 300-epoch run must not be reported as theirs
+    b = _study(tmp_path / "a", epochs=100)
+    with pytest.raises(SystemExit) as e:
+        b.check_finished()
+    msg = str(e.value)
+    assert str(cell.out) in msg and "'300' then, '100' now" in msg and msg.count("error:") == 1
+    # an unfinished run is not judged (the mtt-fast command itself refuses other settings)
+    (cell.out / "COMPLETE").unlink()
+    b.check_finished()
+
+
+def test_a_restored_cell_is_stamped_with_its_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(glad_study, "KEEP", tmp_path / "kept")
+    a = _study(tmp_path / "a")
+    cell = a.cells["eval_random_ipc10_convnet"]
+    cell.out.mkdir(parents=True)
+    (cell.out / "results.json").write_text("{}")
+    (cell.out / "COMPLETE").write_text("")
+    a.keep(cell.name)
+    b = _study(tmp_path / "b")
+    assert b.restore() == [cell.name]
+    b.check_finished()
+    stamp = b.cells[cell.name].out.parent / f"{cell.name.split('_')[-1]}.cell.json"
+    assert json.loads(stamp.read_text())["argv"] == b.kept.signature(b.signature(cell.name))
