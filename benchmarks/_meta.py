@@ -253,5 +253,6 @@ def _first_difference(old: list[str] | None, new: list[str]) -> str:
         return "its .cell.json is unreadable"
     for i, (a, b) in enumerate(zip(old, new, strict=False)):
         if a != b:
-            return f"argument {i}: {a!r} then, {b!r} now"
+            where = old[i - 1] if i and str(old[i - 1]).startswith("--") else f"argument {i}"
+            return f"{where} {a!r} then, {b!r} now"
     return f"{len(old)} arguments then, {len(new)} now"
