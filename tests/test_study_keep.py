@@ -288,14 +288,21 @@ def test_both_studies_put_back_the_networks_of_an_unfinished_evaluation(tmp_path
     assert (second.run / "networks" / "select-alexnet-lr0.01-r0.json").is_file()
 
 
+def _finished_eval(out: Path):
+    """A glad study on ``out`` and its ConvNet evaluation at ipc 10, finished (``COMPLETE``, results)."""
+    study = _study(out)
+    cell = study.cells["eval_random_ipc10_convnet"]
+    cell.out.mkdir(parents=True)
+    (cell.out / "results.json").write_text("{}")
+    (cell.out / "COMPLETE").write_text("")
+    return study, cell
+
+
 def test_a_run_finished_under_out_by_another_command_stops_the_study(tmp_path, monkeypatch):
     import pytest
 
     monkeypatch.setattr(glad_study, "KEEP", tmp_path / "kept")
-    a = _study(tmp_path / "a")
-    cell = a.cells["eval_random_ipc10_convnet"]
-    cell.out.mkdir(parents=True)
-    (cell.out / "COMPLETE").write_text("")
+    a, cell = _finished_eval(tmp_path / "a")
     stamp = cell.out.parent / f"{cell.out.name}.cell.json"
     a.check_finished()  # finished before stamps existed: taken as this study's, and stamped
     assert json.loads(stamp.read_text())["argv"] == a.kept.signature(a.signature(cell.name))
@@ -313,11 +320,7 @@ def test_a_run_finished_under_out_by_another_command_stops_the_study(tmp_path, m
 
 def test_a_restored_cell_is_stamped_with_its_command(tmp_path, monkeypatch):
     monkeypatch.setattr(glad_study, "KEEP", tmp_path / "kept")
-    a = _study(tmp_path / "a")
-    cell = a.cells["eval_random_ipc10_convnet"]
-    cell.out.mkdir(parents=True)
-    (cell.out / "results.json").write_text("{}")
-    (cell.out / "COMPLETE").write_text("")
+    a, cell = _finished_eval(tmp_path / "a")
     a.keep(cell.name)
     b = _study(tmp_path / "b")
     assert b.restore() == [cell.name]
