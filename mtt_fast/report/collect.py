@@ -23,12 +23,42 @@ from mtt_fast.errors import UserError
 from mtt_fast.io import load_tensors, read_json, read_jsonl, read_yaml
 
 METHOD_ORDER = ["random", "dd", "mtt", "glad"]
-METHOD_LABELS = {"random": "Random real", "dd": "DD", "mtt": "MTT", "glad": "GLaD"}
+METHOD_LABELS = {"random": "Random real", "dd": "DD", "mtt": "MTT", "glad": "GLaD", "herding": "Herding",
+                 "kcenter": "k-center"}
+
+
+#: the distill options (off: absent, None, or the default) that make a variant of a method: the
+#: ideas of MTT's successors. ``(option, key in the method string, display name)``
+VARIANT_OPTIONS = (("start_epoch_schedule", "range", "widening range"), ("skip_loss_above", "skip", "loss skipping"),
+                   ("ema_images", "ema", "EMA images"), ("match_layers", "layers", "layers"))
+_VARIANT_OFF = {"match_layers": "all"}
+
+
+def method_variant(method: str, settings: dict | None) -> str:
+    """``method`` with the ideas its distillation turned on, from its settings (a distill run's
+    config.yaml, or a synset's ``meta["distill"]``): ``"mtt"``, ``"mtt+ema"``,
+    ``"mtt+range+skip+ema+layers=deep:0.5"``. Runs of one method with different ideas are then
+    separate rows and columns of the report, never one entry picked among them."""
+    settings = settings if isinstance(settings, dict) else {}
+    on = []
+    for option, key, _ in VARIANT_OPTIONS:
+        v = settings.get(option)
+        if v is None or v is False or v == _VARIANT_OFF.get(option):
+            continue
+        on.append(f"{key}={v}" if key == "layers" else key)
+    return "+".join([method, *on])
 
 
 def method_label(method: str | None, labels: str | None = None) -> str:
-    """The display name of a method; ``" (soft)"`` appended when its networks trained on soft labels."""
-    name = METHOD_LABELS.get(str(method).lower(), str(method))
+    """The display name of a method (``method_variant``'s ideas after it: ``MTT + EMA images``);
+    ``" (soft)"`` appended when its networks trained on soft labels."""
+    base, *ideas = str(method).split("+")
+    names = {key: name for _, key, name in VARIANT_OPTIONS}
+    parts = [METHOD_LABELS.get(base.lower(), base)]
+    for idea in ideas:
+        key, _, value = idea.partition("=")
+        parts.append(f"{names.get(key, key)} {value}".strip())
+    name = " + ".join(parts)
     return f"{name} (soft)" if labels == "soft" else name
 
 
@@ -38,8 +68,10 @@ def labels_rank(labels: str | None) -> int:
 
 
 def method_rank(method: str | None) -> tuple[int, str]:
+    """Sort key: the paper's methods in its order (each before its variants), then the others."""
     m = str(method).lower()
-    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+    base = m.split("+")[0]
+    return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), m)
 
 
 def ipc_key(ipc) -> tuple:
@@ -72,7 +104,9 @@ class EvalRun:
 
     @property
     def method(self) -> str:
-        return str(self.results.get("method") or (self.synset.meta.get("method") if self.synset else "?"))
+        """The synset's method with the ideas its distillation used (:func:`method_variant`)."""
+        meta = self.synset.meta if self.synset else {}
+        return method_variant(str(self.results.get("method") or meta.get("method") or "?"), meta.get("distill"))
 
     @property
     def ipc(self):
@@ -118,7 +152,9 @@ class DistillRun:
 
     @property
     def method(self) -> str:
-        return str(self.config.get("method") or (self.synset.meta.get("method") if self.synset else "?"))
+        """The run's method with the ideas it used (:func:`method_variant`)."""
+        return method_variant(str(self.config.get("method") or (self.synset.meta.get("method") if self.synset else "?")),
+                              self.config)
 
     @property
     def ipc(self):

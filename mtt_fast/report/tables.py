@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from mtt_fast.evaluate.tables import METRIC_NAMES, pm, results_markdown
-from mtt_fast.report.collect import method_label
+from mtt_fast.report.collect import method_label, method_rank
 
 __all__ = ["METRIC_NAMES", "format_value", "max_test_markdown", "pm", "results_markdown", "sweep_markdown",
            "sweep_rows", "table1_markdown"]
@@ -50,7 +50,7 @@ def table1_markdown(entries: list[dict]) -> str:
     if not entries:
         return ""
     methods = [m for m, _ in METHOD_COLUMNS]
-    extra = sorted({e["method"] for e in entries} - set(methods))
+    extra = sorted({e["method"] for e in entries} - set(methods), key=method_rank)  # variants after their method
     soft = {e["method"] for e in entries if e.get("labels") == "soft"}
     hard = {e["method"] for e in entries if e.get("labels") != "soft"}
     cols = []

@@ -38,7 +38,7 @@ def _results(method: str, ipc: int, archs: dict, classes=CLASSES, metric="accura
             "ratio_percent": 100.0 * ipc * len(classes) / 45, "lr": 0.01, "repeats": 3, "protocol": {}, "results": archs}
 
 
-def _synset(path, method: str, ipc: int, store=None, classes=CLASSES, dataset="toy", seed=0):
+def _synset(path, method: str, ipc: int, store=None, classes=CLASSES, dataset="toy", seed=0, distill=None):
     g = torch.Generator().manual_seed(seed)
     k = len(classes)
     images = torch.randn(k * ipc, 1, 8, 8, generator=g)
@@ -49,6 +49,8 @@ def _synset(path, method: str, ipc: int, store=None, classes=CLASSES, dataset="t
             "normalization": {"mean": [0.5], "std": [0.25]}}
     if store is not None:
         meta["buffer"] = str(store)
+    if distill is not None:
+        meta["distill"] = distill
     Synset(images, labels, 0.01 if method != "random" else None, meta).save(path)
 
 
@@ -399,3 +401,32 @@ def test_a_running_evals_note_counts_its_saved_networks(tmp_path):
     # a grid naming the default rate may coincide with another entry: no total is claimed
     _write(run / "config.yaml", "command: eval\narchs: [resnet18]\nrepeats: 3\nlr_grid: [null, 0.01]\n")
     assert "(2 networks saved" in running_eval_note(run)
+
+
+def test_runs_of_one_method_with_other_ideas_are_separate_columns_and_rows(tmp_path):
+    """MTT, MTT + EMA images and MTT + widening range + PAD's layers are three methods to the report;
+    picking one of them as "MTT" would report an idea's number as plain MTT's."""
+    variants = {"plain": ({"match_layers": "all", "ema_images": None}, 70.0),
+                "ema": ({"ema_images": 0.99, "match_layers": "all"}, 72.0),
+                "range_pad": ({"start_epoch_schedule": "2:4:60", "match_layers": "deep:0.5"}, 68.0)}
+    for name, (distill, acc) in variants.items():
+        run = tmp_path / "runs" / name
+        _synset(run / "synset", "mtt", 1, distill=distill)
+        _write(run / "eval" / "config.yaml", f"command: eval\nsynset: {run / 'synset'}\n")
+        _write(run / "eval" / "results.json", json.dumps(_results("mtt", 1, {
+            "convnet": _arch(acc, acc, [acc] * 3), "alexnet": _arch(acc - 10, acc - 10, [1.0, 2.0, 3.0])})))
+    out = tmp_path / "report"
+    cli(tmp_path / "runs", "--out", out)
+    md = (out / "report.md").read_text()
+    header = _row(md, "| Dataset | Metric | Img/Cls |")
+    assert "| MTT | " in header and "| MTT + EMA images |" in header
+    assert "| MTT + widening range + layers deep:0.5 |" in header
+    row = _row(md, "| toy | Accuracy (%) | 1 |")
+    cells = [c.strip() for c in row.split("|")]
+    cols = [c.strip() for c in header.split("|")]
+    assert cells[cols.index("MTT")].startswith("70.0")
+    assert cells[cols.index("MTT + EMA images")].startswith("72.0")
+    assert cells[cols.index("MTT + widening range + layers deep:0.5")].startswith("68.0")
+    assert "| MTT + EMA images | 1 | 62.0 ± 1.0 |" in md  # the unseen table keeps them apart too
+    methods = {e["method"] for e in json.loads((out / "report.json").read_text())["table1"]}
+    assert methods == {"mtt", "mtt+ema", "mtt+range+layers=deep:0.5"}

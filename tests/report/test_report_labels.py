@@ -54,4 +54,4 @@ def test_a_report_without_soft_labels_keeps_its_columns():
                 "method": "mtt", "arch": "convnet", "runs": 3, "mean": {"accuracy": 60.0}, "std": {"accuracy": 1.0}}]
     assert "| Random real | DD | MTT | GLaD |" in table1_markdown(entries)
     assert method_label("mtt") == "MTT" and method_label("mtt", "soft") == "MTT (soft)"
-    assert method_label("herding", "soft") == "herding (soft)"
+    assert method_label("herding", "soft") == "Herding (soft)" and method_label("kcenter") == "k-center"
