@@ -92,8 +92,8 @@ def correctly_classified_real(train_split, ipc: int, gen: torch.Generator, class
             if len(right) >= ipc:
                 break
         if len(right) < ipc:
-            log(f"warning: --soft-labels: the labelling expert classifies only {len(right)} of class {name!r}'s "
-                f"training images correctly; the other {ipc - len(right)} initial images are misclassified ones")
+            log(f"warning: --soft-labels: the labelling expert classifies only {len(right)} of the training images "
+                f"of class {name!r} correctly; the other {ipc - len(right)} initial images are misclassified ones")
         pick = (right + wrong)[:ipc]
         xs.append(train_split.get(torch.tensor(pick, dtype=torch.long)))
         ys.append(torch.full((ipc,), c, dtype=torch.long))
