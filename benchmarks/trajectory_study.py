@@ -42,7 +42,9 @@ finished distillation's synset and summary and each evaluation's results are cop
 and an invocation on an empty ``--out`` puts back every kept cell whose command matches its own
 (other settings: the cell runs again); the stores are trained again only while a distillation
 is unfinished. ``--report-only`` writes ``benchmarks/results/trajectory_study.{json,md}``
-(``--quick`` writes ``trajectory_study_quick.*``) from the finished cells, ``-`` for missing ones.
+(``--quick`` writes ``trajectory_study_quick.*``) from the finished cells, ``-`` for missing ones,
+and ``mtt-fast report`` of the chosen cells in ``benchmarks/results/trajectory_study_report/``
+(every invocation ends with both).
 
 Soft labels at evaluation: the synsets store them; whether ``mtt-fast eval`` trains with them
 (soft cross-entropy) depends on the build (``eval --hard-labels`` exists where it does); the report
@@ -482,6 +484,41 @@ def _jsonable(s: dict) -> dict:
     return json.loads(json.dumps(s, default=str))
 
 
+def mtt_report(out: Path, distills: list, evals: list, quick: bool, device: str) -> Path | None:
+    """``mtt-fast report`` of the chosen cells (the T+ grid's other runs left out: they are not rows), to
+    ``benchmarks/results/trajectory_study[_quick]_report/``. The cells are laid out as distill runs
+    under ``--out/report_tree/trajectory_study`` (links to each run's ``synset/`` and ``summary.json``, its ConvNet
+    evaluation as ``eval/``, the unseen ones as ``eval_cross/<arch>``), so the report reads each
+    evaluation's synset and names every variant; a run kept without its ``config.yaml`` is read
+    from its synset. None when no chosen run has finished."""
+    import shutil
+
+    shutil.rmtree(out / "report_tree", ignore_errors=True)
+    tree = out / "report_tree" / "trajectory_study"  # its name starts the runs' names in the report
+    by_synset = {}
+    for e in evals:
+        by_synset.setdefault(Path(e.args[e.args.index("--synset") + 1]).name, []).append(e)
+    for d in distills:
+        if not (d.run / "synset" / "meta.json").is_file():
+            continue
+        (tree / d.name).mkdir(parents=True)
+        for f in ("synset", "summary.json"):
+            if (d.run / f).exists():
+                (tree / d.name / f).symlink_to(d.run / f)
+        for e in by_synset.get(d.name, []):
+            if (e.run / "results.json").is_file():
+                arch = e.name.split("_eval_")[1]
+                link = tree / d.name / ("eval" if arch == "convnet" else f"eval_cross/{arch}")
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(e.run)
+    if not tree.is_dir():
+        return None
+    dest = RESULTS / f"trajectory_study{'_quick' if quick else ''}_report"
+    subprocess.run([sys.executable, "-m", "mtt_fast.cli.main", "report", str(tree), "--out", str(dest), "--overwrite",
+                    "--no-load-data", "--no-progress", "--num-threads", "1", "--device", device], check=True)
+    return dest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="trajectory-study")
@@ -641,6 +678,7 @@ def main() -> None:
                                       if (w := _wall(c.run)) is not None),
             "wall_seconds_this_invocation": time.perf_counter() - t_start}
     report(out, s, table_rows, ipcs, archs, args.quick, meta)
+    mtt_report(out, list(chosen.values()), evals, args.quick, args.device)
     if failed:
         print(f"{len(failed)} cells failed: {', '.join(failed)} (rerun to resume; logs in {logs})", file=sys.stderr)
         sys.exit(1)

@@ -3,7 +3,9 @@
 A RUN_DIR is recognized by the files the other commands write into it:
 
 * a distill run: ``config.yaml`` with ``command: distill`` (``metrics.jsonl``, ``summary.json``,
-  ``synset/``; the random-real baseline has only ``synset/``), see :mod:`mtt_fast.distill`;
+  ``synset/``; the random-real baseline has only ``synset/``), see :mod:`mtt_fast.distill`; or a
+  copy of one's results without its ``config.yaml`` (``synset/``, perhaps ``summary.json``: what a
+  study keeps of a finished run), whose options are then read from the synset's ``meta["distill"]``;
 * an evaluation: ``results.json`` as written by :func:`mtt_fast.evaluate.run.write_results`
   (an ``eval`` directory without it is still running and is noted, not read);
 * a sweep: ``summary.json`` holding ``{"metric", "keys", "rows"}``;
@@ -29,19 +31,26 @@ METHOD_LABELS = {"random": "Random real", "dd": "DD", "mtt": "MTT", "glad": "GLa
 
 #: the distill options (off: absent, None, or the default) that make a variant of a method: the
 #: ideas of MTT's successors. ``(option, key in the method string, display name)``
-VARIANT_OPTIONS = (("start_epoch_schedule", "range", "widening range"), ("skip_loss_above", "skip", "loss skipping"),
+VARIANT_OPTIONS = (("soft_labels", "learned-labels", "learned labels"),
+                   ("start_epoch_schedule", "range", "widening range"), ("skip_loss_above", "skip", "loss skipping"),
                    ("ema_images", "ema", "EMA images"), ("match_layers", "layers", "layers"))
 _VARIANT_OFF = {"match_layers": "all"}
+#: methods that take the experts' soft labels as they are (the controls): for them ``soft_labels`` is no
+#: variant (their evaluations show "(soft)"); the distillation methods learn the labels (DATM)
+_FIXED_LABEL_METHODS = ("random", "herding", "kcenter")
 
 
 def method_variant(method: str, settings: dict | None) -> str:
     """``method`` with the ideas its distillation turned on, from its settings (a distill run's
     config.yaml, or a synset's ``meta["distill"]``): ``"mtt"``, ``"mtt+ema"``,
-    ``"mtt+range+skip+ema+layers=deep:0.5"``. Runs of one method with different ideas are then
+    ``"mtt+range+skip+ema+layers=deep:0.5"``, ``"mtt+learned-labels"`` (DATM's learned soft labels; the
+    controls' fixed soft labels are no variant). Runs of one method with different ideas are then
     separate rows and columns of the report, never one entry picked among them."""
     settings = settings if isinstance(settings, dict) else {}
     on = []
     for option, key, _ in VARIANT_OPTIONS:
+        if option == "soft_labels" and method.lower() in _FIXED_LABEL_METHODS:
+            continue
         v = settings.get(option)
         if v is None or v is False or v == _VARIANT_OFF.get(option):
             continue
@@ -153,8 +162,9 @@ class DistillRun:
     @property
     def method(self) -> str:
         """The run's method with the ideas it used (:func:`method_variant`)."""
-        return method_variant(str(self.config.get("method") or (self.synset.meta.get("method") if self.synset else "?")),
-                              self.config)
+        meta = self.synset.meta if self.synset else {}
+        return method_variant(str(self.config.get("method") or meta.get("method") or "?"),
+                              self.config or meta.get("distill"))
 
     @property
     def ipc(self):
@@ -235,6 +245,8 @@ def kind_of(path: Path) -> str | None:
         return "sweep"
     if cmd == "buffer" or (path / "meta.json").is_file() and (path / "expert_000.safetensors").is_file():
         return "store"
+    if not cfg and synset_dir(path / "synset") is not None:
+        return "distill"  # a distill run's results kept without its config.yaml
     return None
 
 

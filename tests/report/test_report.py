@@ -14,7 +14,7 @@ from mtt_fast.cli.main import main
 from PIL import Image
 
 from mtt_fast.report.build import build_report
-from mtt_fast.report.collect import SynsetInfo
+from mtt_fast.report.collect import SynsetInfo, kind_of
 from mtt_fast.report.counts import real_class_counts
 from mtt_fast.synth import Synset
 
@@ -430,3 +430,43 @@ def test_runs_of_one_method_with_other_ideas_are_separate_columns_and_rows(tmp_p
     assert "| MTT + EMA images | 1 | 62.0 ± 1.0 |" in md  # the unseen table keeps them apart too
     methods = {e["method"] for e in json.loads((out / "report.json").read_text())["table1"]}
     assert methods == {"mtt", "mtt+ema", "mtt+range+layers=deep:0.5"}
+
+
+def test_a_distill_run_kept_without_its_config_is_read_from_its_synset(tmp_path):
+    """What a study keeps of a finished run (synset/ and summary.json, no config.yaml) is still a
+    distill run to the report, with the ideas it used read from the synset's meta; the evaluations
+    laid out under it are its own (they have no config.yaml naming their synset either)."""
+    for name, distill, acc in (("plain", {"match_layers": "all", "skip_loss_above": None}, 70.0),
+                               ("skip", {"match_layers": "all", "skip_loss_above": 1.1}, 73.0)):
+        run = tmp_path / "kept" / name
+        _synset(run / "synset", "mtt", 1, distill=distill)
+        _write(run / "summary.json", json.dumps({"best_iteration": 100, "best_val_accuracy": acc}))
+        _write(run / "eval_cross" / "alexnet" / "results.json", json.dumps(_results("mtt", 1, {
+            "alexnet": _arch(acc - 10, acc - 10, [1.0, 2.0, 3.0])})))
+        _write(run / "eval" / "results.json", json.dumps(_results("mtt", 1, {
+            "convnet": _arch(acc, acc, [acc] * 3)})))
+    out = tmp_path / "report"
+    cli(tmp_path / "kept", "--out", out, "--no-load-data")
+    md = (out / "report.md").read_text()
+    assert "- 2 distill run(s), 4 evaluation(s)" in md
+    header = _row(md, "| Dataset | Metric | Img/Cls |")
+    cols = [c.strip() for c in header.split("|")]
+    cells = [c.strip() for c in _row(md, "| toy | Accuracy (%) | 1 |").split("|")]
+    assert cells[cols.index("MTT")].startswith("70.0")
+    assert cells[cols.index("MTT + loss skipping")].startswith("73.0")
+    assert "| MTT + loss skipping | 1 | 63.0 ± 1.0 |" in md
+    # a bare synset directory with nothing else is not mistaken for a run
+    lone = tmp_path / "lone"
+    _synset(lone / "synset" / "x", "mtt", 1)
+    assert kind_of(lone) is None
+
+
+def test_learned_soft_labels_are_a_variant_of_mtt_but_not_of_a_control():
+    """DATM's learned labels make another MTT; the controls' fixed soft labels are the same selection
+    of real images (the "(soft)" of their evaluations tells them apart)."""
+    from mtt_fast.report.collect import method_label, method_variant
+
+    assert method_variant("mtt", {"soft_labels": True, "ema_images": 0.99}) == "mtt+learned-labels+ema"
+    assert method_variant("mtt", {"soft_labels": False}) == "mtt"
+    assert method_variant("herding", {"soft_labels": True}) == "herding"
+    assert method_label("mtt+learned-labels", "soft") == "MTT + learned labels (soft)"
