@@ -152,6 +152,8 @@ def evaluate_synset(
         "metric": metric,
         "method": m.get("method"),
         "ipc": m.get("ipc"),
+        # the synset's distill options: an evaluation copied away from its synset still names its variant
+        **({"distill": m["distill"]} if isinstance(m.get("distill"), dict) else {}),
         "labels": "hard" if soft is None else "soft",
         "ratio_percent": 100.0 * len(synset.labels) / max(1, len(bundle.split("train"))),
         "lr": lr,

@@ -113,9 +113,11 @@ class EvalRun:
 
     @property
     def method(self) -> str:
-        """The synset's method with the ideas its distillation used (:func:`method_variant`)."""
+        """The synset's method with the ideas its distillation used (:func:`method_variant`; from the
+        synset's meta, or from ``results.json`` where the synset is not found)."""
         meta = self.synset.meta if self.synset else {}
-        return method_variant(str(self.results.get("method") or meta.get("method") or "?"), meta.get("distill"))
+        return method_variant(str(self.results.get("method") or meta.get("method") or "?"),
+                              meta.get("distill") or self.results.get("distill"))
 
     @property
     def ipc(self):

@@ -87,6 +87,8 @@ def test_eval_trains_on_soft_labels_unless_hard_labels_and_says_which(evals):
     assert res["ev_hard"]["results"] == res["ev_plain"]["results"]
     assert res["ev_soft"]["results"] != res["ev_hard"]["results"]
     assert "hard_labels: true" in (tmp / "ev_hard" / "config.yaml").read_text()
+    # the synset's distill options travel with the results (a copied evaluation still names its variant)
+    assert res["ev_plain"]["distill"] == Synset.load(tmp / "random").meta["distill"]
     # the same --out with the other choice is another setting: refused, naming it
     r = run("eval", "--synset", tmp / "soft", "--repeats", "1", "--epochs", "2", "--no-progress", "--hard-labels",
             "--out", tmp / "ev_soft", ok=False)

@@ -470,3 +470,13 @@ def test_learned_soft_labels_are_a_variant_of_mtt_but_not_of_a_control():
     assert method_variant("mtt", {"soft_labels": False}) == "mtt"
     assert method_variant("herding", {"soft_labels": True}) == "herding"
     assert method_label("mtt+learned-labels", "soft") == "MTT + learned labels (soft)"
+
+
+def test_an_evaluation_without_its_synset_names_its_variant_from_its_results(tmp_path):
+    """results.json records the synset's distill options: an evaluation copied on its own (no
+    config.yaml, no synset) is still "MTT + EMA images", not plain MTT."""
+    res = _results("mtt", 1, {"convnet": _arch(72.0, 72.0, [72.0] * 3)})
+    _write(tmp_path / "runs" / "ev" / "results.json", json.dumps({**res, "distill": {"ema_images": 0.99}}))
+    out = tmp_path / "report"
+    cli(tmp_path / "runs", "--out", out, "--no-load-data")
+    assert {e["method"] for e in json.loads((out / "report.json").read_text())["table1"]} == {"mtt+ema"}
