@@ -60,6 +60,9 @@ def table1_markdown(entries: list[dict]) -> str:
         if m in soft:
             cols.append(((m, "soft"), method_label(m, "soft")))
     archs = sorted({e["arch"] for e in entries})
+    if len(cols) > TABLE1_MAX_COLUMNS:
+        ran = {(e["method"], "soft" if e.get("labels") == "soft" else "hard") for e in entries}
+        return _table1_long(entries, [c for c in cols if c[0] in ran], archs)
     out = [(f"Headline metric, mean ± std over the networks trained from scratch on each synset "
             f"({', '.join(archs)}, the distillation backbone); balanced accuracy in brackets. "
             f"`-`: not run.\n"),
@@ -79,6 +82,35 @@ def table1_markdown(entries: list[dict]) -> str:
                        f"{ipc if ipc is not None else '-'} | {'-' if ratio is None else f'{ratio:.4f}'} | "
                        + " | ".join(_cell(row.get(m), metric) for m, _ in cols) + " |")
             first = False
+    out.append("")
+    return "\n".join(out)
+
+
+#: more method columns than this (many variants of one method, say): Table 1 is drawn with one row
+#: per method instead, a column per dataset and images per class
+TABLE1_MAX_COLUMNS = 10
+
+
+def _table1_long(entries: list[dict], cols: list[tuple], archs: list[str]) -> str:
+    """Table 1 turned on its side: a row per method that was run (``cols``: ``((method, labels),
+    label)``), a column per (dataset, split, metric, images per class)."""
+    groups = sorted({(e["dataset"], e["split"], e["metric"], e["ipc"]) for e in entries},
+                    key=lambda g: (*map(str, g[:3]), g[3] is None, g[3] if isinstance(g[3], (int, float)) else 0))
+    by = {(e["dataset"], e["split"], e["metric"], e["ipc"], e["method"],
+           "soft" if e.get("labels") == "soft" else "hard"): e for e in entries}
+    heads = []
+    for dataset, split, metric, ipc in groups:
+        ratio = next((e.get("ratio_percent") for k, e in by.items() if k[:4] == (dataset, split, metric, ipc)
+                      and e.get("ratio_percent") is not None), None)
+        name = dataset + ("" if split == "test" else f" ({split} split)")
+        heads.append(f"{name}, {METRIC_NAMES.get(metric, metric)}, {ipc if ipc is not None else '-'} img/cls"
+                     + ("" if ratio is None else f" ({ratio:.4f} %)"))
+    out = [(f"Headline metric, mean ± std over the networks trained from scratch on each synset "
+            f"({', '.join(archs)}, the distillation backbone); balanced accuracy in brackets. A row per "
+            f"method run (too many for a column each); `-`: not run at that size.\n"),
+           "| Method | " + " | ".join(heads) + " |", "|---" * (1 + len(heads)) + "|"]
+    for (m, kind), label in cols:
+        out.append(f"| {label} | " + " | ".join(_cell(by.get((*g[:4], m, kind)), g[2]) for g in groups) + " |")
     out.append("")
     return "\n".join(out)
 

@@ -480,3 +480,29 @@ def test_an_evaluation_without_its_synset_names_its_variant_from_its_results(tmp
     out = tmp_path / "report"
     cli(tmp_path / "runs", "--out", out, "--no-load-data")
     assert {e["method"] for e in json.loads((out / "report.json").read_text())["table1"]} == {"mtt+ema"}
+
+
+def test_table1_with_more_methods_than_fit_across_has_a_row_per_method():
+    """Many variants of one method: Table 1 turns on its side (a row per method run, a column per
+    dataset and size) instead of a table 20 columns wide; methods not run get no row."""
+    from mtt_fast.report.tables import TABLE1_MAX_COLUMNS, table1_markdown
+
+    def entry(method, ipc, acc, labels="hard"):
+        return {"dataset": "toy", "split": "test", "metric": "accuracy", "ipc": ipc, "ratio_percent": 1.0 * ipc,
+                "method": method, "labels": labels, "arch": "convnet", "runs": 3,
+                "mean": {"accuracy": acc, "balanced_accuracy": acc - 1}, "std": {"accuracy": 1.0,
+                                                                              "balanced_accuracy": 1.0}}
+
+    few = [entry("mtt", 1, 60.0), entry("mtt+ema", 1, 61.0)]
+    assert table1_markdown(few).splitlines()[2].startswith("| Dataset | Metric | Img/Cls |")
+    variants = [f"mtt+layers=deep:0.{i}" for i in range(1, TABLE1_MAX_COLUMNS)]
+    many = [entry("mtt", 1, 60.0), entry("mtt", 10, 70.0), entry("herding", 1, 55.0, "soft"),
+            *(entry(v, 10, 71.0 + i) for i, v in enumerate(variants))]
+    md = table1_markdown(many)
+    lines = md.splitlines()
+    assert lines[2] == "| Method | toy, Accuracy (%), 1 img/cls (1.0000 %) | toy, Accuracy (%), 10 img/cls (10.0000 %) |"
+    assert "| MTT | 60.0 ± 1.0 (bal. 59.0 ± 1.0) | 70.0 ± 1.0 (bal. 69.0 ± 1.0) |" in lines
+    assert "| Herding (soft) | 55.0 ± 1.0 (bal. 54.0 ± 1.0) | - |" in lines
+    assert "| MTT + layers deep:0.1 | - | 71.0 ± 1.0 (bal. 70.0 ± 1.0) |" in lines
+    assert not any(line.startswith(("| DD |", "| GLaD |", "| Herding |")) for line in lines)
+    assert len([line for line in lines if line.startswith("| ")]) == 1 + 2 + len(variants)  # header, MTT, Herding (soft), the variants
