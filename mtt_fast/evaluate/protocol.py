@@ -221,31 +221,37 @@ def run_cells(cells: list[tuple[str, float, int]], images: torch.Tensor, labels:
     """:func:`evaluate_cell` of every ``(arch, lr, repeat)`` cell, in order: ``(metrics on split,
     {name: metrics on extra[name]})`` per cell.
 
-    Cells are independent (each seeded on its own), so under torchrun rank r trains the cells
-    ``r, r + world, ...`` and every rank receives all of them: the same numbers as one process.
-    ``saved`` (one process only; ignored under torchrun, whose ranks may not share a disk):
-    cells already saved under ``tag`` are taken from it, each new one is saved as it finishes.
+    Cells are independent (each seeded on its own), so the result is the same numbers whoever
+    trains them. ``saved``: cells already saved under ``tag`` are taken from it, each new one is
+    saved as it finishes. Under torchrun only the main rank has ``saved`` (it owns the run
+    directory; the ranks need not share a disk): it tells the others which cells are done, and
+    the rest are trained in rounds of one cell per rank, each round gathered on every rank and
+    saved by the main rank, so a killed run keeps every round it finished.
     """
     from mtt_fast import distributed
 
-    if distributed.active():
-        saved = None  # the ranks may not share a disk
+    def train(i: int) -> tuple[dict, dict]:
+        a, lr, r = cells[i]
+        return evaluate_cell(a, lr, r, images, labels, split, cfg=cfg, seed=seed, device=device,
+                             progress=progress, extra=extra, soft_labels=soft_labels)
 
-    def one(a: str, lr: float, r: int) -> tuple[dict, dict]:
-        got = saved.get(tag, a, lr, r) if saved is not None else None
-        if got is not None:
-            return got
-        res = evaluate_cell(a, lr, r, images, labels, split, cfg=cfg, seed=seed, device=device,
-                            progress=progress, extra=extra, soft_labels=soft_labels)
-        if saved is not None:
-            saved.put(tag, a, lr, r, res)
-        return res
-
-    mine = {i: one(a, lr, r) for i, (a, lr, r) in enumerate(cells)
-            if i % distributed.world_size() == distributed.rank()}
-    done: dict[int, tuple[dict, dict]] = {}
-    for part in distributed.all_gather_object(mine):
-        done.update(part)
+    have = {}
+    if saved is not None:
+        for i, (a, lr, r) in enumerate(cells):
+            got = saved.get(tag, a, lr, r)
+            if got is not None:
+                have[i] = got
+    done: dict[int, tuple[dict, dict]] = distributed.broadcast_object(have)  # the main rank's
+    todo = [i for i in range(len(cells)) if i not in done]
+    world, rank = distributed.world_size(), distributed.rank()
+    for start in range(0, len(todo), world):
+        batch = todo[start:start + world]
+        mine = {batch[rank]: train(batch[rank])} if rank < len(batch) else {}
+        for part in distributed.all_gather_object(mine):
+            for i, res in part.items():
+                done[i] = res
+                if saved is not None:
+                    saved.put(tag, *cells[i], res)
     return [done[i] for i in range(len(cells))]
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from mtt_fast.distributed import active, is_main
+from mtt_fast.distributed import is_main
 from mtt_fast.errors import UserError
 from mtt_fast.evaluate.protocol import EvalConfig, SavedNetworks
 from mtt_fast.evaluate.run import check_lr_grid, evaluate_synset, write_results
@@ -74,8 +74,9 @@ def run_eval(stage: EvalStage, out: str | Path, *, overwrite: bool = False, devi
             f"{stage.repeats}, {cfg.epochs} epochs, {'soft' if soft else 'hard'} labels"
             + (f"; rate chosen on validation among {', '.join('default' if x is None else f'{x:g}' for x in stage.lr_grid)}"
                if stage.lr_grid else ""))
-        # one process: each finished network is kept, so a killed evaluation resumes from them
-        saved = None if active() else SavedNetworks(out / "networks", on_save=run.checkpointed)
+        # each finished network is kept, so a killed evaluation resumes from them (under torchrun the
+        # main rank keeps every rank's: see run_cells)
+        saved = SavedNetworks(out / "networks", on_save=run.checkpointed) if is_main() else None
         if saved is not None and run.state == "resume" and saved.folder.is_dir():
             n = len(list(saved.folder.glob("*.json")))
             log(f"resuming: {n} network{'s' if n != 1 else ''} already trained in {saved.folder}")

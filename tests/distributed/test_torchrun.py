@@ -116,6 +116,9 @@ def test_buffer_distill_eval_sweep_under_torchrun_equal_one_process(tmp_path, cr
     torchrun(2, *ev, tmp_path / "e2")
     assert _scores(tmp_path / "e2" / "results.json") == _scores(tmp_path / "e1" / "results.json")
     assert (tmp_path / "e2" / "results.md").read_text() == (tmp_path / "e1" / "results.md").read_text()
+    # rank 0 kept every rank's networks, as one process does
+    assert sorted(f.name for f in (tmp_path / "e2" / "networks").iterdir()) == \
+        sorted(f.name for f in (tmp_path / "e1" / "networks").iterdir())
 
     grid = tmp_path / "grid.yaml"
     grid.write_text(f"base:\n  buffer: {store}\n  method: mtt\n  ipc: 1\n  syn_steps: 2\n  iterations: 2\n"
@@ -237,6 +240,42 @@ def test_killed_run_resumes_on_another_world_size(tmp_path, store, uninterrupted
     res = run(*_long(store, out))  # one process picks it up
     assert "resuming from iteration" in res.output
     assert_synsets_close(out, uninterrupted)
+
+
+def _long_eval(synset, out) -> list:
+    """An evaluation long enough to kill between its networks (8 of them: 4 rounds over 2 ranks)."""
+    return ["eval", "--synset", synset, "--archs", "convnet", "--repeats", "8", "--epochs", "60", "--seed", "2",
+            "--no-progress", "--out", out]
+
+
+def test_killed_eval_resumes_from_the_networks_every_rank_trained(tmp_path, store):
+    """Under torchrun the main rank keeps each round's networks, whichever rank trained them: a run
+    killed after a round resumes (here in one process) without training those again, to the
+    numbers of an uninterrupted run."""
+    syn = tmp_path / "syn"
+    run("distill", "--buffer", store, "--method", "random", "--ipc", "2", "--no-progress", "--out", syn)
+    run(*_long_eval(syn, tmp_path / "e1"))
+    out = tmp_path / "e2"
+    proc = subprocess.Popen(_torchrun_cmd(2, *_long_eval(syn, out)), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    nets = out / "networks"
+    try:
+        _wait(lambda: nets.is_dir() and len(list(nets.glob("*.json"))) >= 2 and len(_workers(proc.pid)) == 2,
+              proc, "a round of networks")
+    finally:
+        ranks = list(_workers(proc.pid).values())
+        for pid in [*ranks, proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    for pid in ranks:
+        _wait_dead(pid)
+    _wait_lock_free(out.parent / f".{out.name}.lock")
+    kept = len(list(nets.glob("*.json")))
+    assert not (out / "results.json").exists() and 2 <= kept < 8, kept
+    assert {"report-convnet-lr0.01-r0.json", "report-convnet-lr0.01-r1.json"} <= {f.name for f in nets.iterdir()}
+    res = run(*_long_eval(syn, out))
+    assert f"resuming: {kept} networks already trained" in res.output
+    assert _scores(out / "results.json") == _scores(tmp_path / "e1" / "results.json")
 
 
 def test_kill_one_rank_with_max_restarts(tmp_path, store, uninterrupted):
