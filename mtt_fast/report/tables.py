@@ -29,6 +29,11 @@ def _cell(entry: dict | None, metric: str) -> str:
     return f"{head} (bal. {pm(_num(m['balanced_accuracy']), _num(s.get('balanced_accuracy')) or 0.0)})"
 
 
+def _kind(entry: dict) -> str:
+    """``"soft"`` for an entry evaluated on soft labels, else ``"hard"`` (missing: hard)."""
+    return "soft" if entry.get("labels") == "soft" else "hard"
+
+
 def _num(x):
     return float("nan") if x is None else float(x)
 
@@ -61,7 +66,7 @@ def table1_markdown(entries: list[dict]) -> str:
             cols.append(((m, "soft"), method_label(m, "soft")))
     archs = sorted({e["arch"] for e in entries})
     if len(cols) > TABLE1_MAX_COLUMNS:
-        ran = {(e["method"], "soft" if e.get("labels") == "soft" else "hard") for e in entries}
+        ran = {(e["method"], _kind(e)) for e in entries}
         return _table1_long(entries, [c for c in cols if c[0] in ran], archs)
     out = [(f"Headline metric, mean ± std over the networks trained from scratch on each synset "
             f"({', '.join(archs)}, the distillation backbone); balanced accuracy in brackets. "
@@ -70,7 +75,7 @@ def table1_markdown(entries: list[dict]) -> str:
            "|---" * (4 + len(cols)) + "|"]
     groups: dict[tuple, dict] = {}
     for e in entries:
-        kind = "soft" if e.get("labels") == "soft" else "hard"
+        kind = _kind(e)
         groups.setdefault((e["dataset"], e["split"], e["metric"]), {}).setdefault(e["ipc"], {})[(e["method"], kind)] = e
     for (dataset, split, metric), by_ipc in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         first = True
@@ -94,14 +99,17 @@ TABLE1_MAX_COLUMNS = 10
 def _table1_long(entries: list[dict], cols: list[tuple], archs: list[str]) -> str:
     """Table 1 turned on its side: a row per method that was run (``cols``: ``((method, labels),
     label)``), a column per (dataset, split, metric, images per class)."""
-    groups = sorted({(e["dataset"], e["split"], e["metric"], e["ipc"]) for e in entries},
+    def group(e: dict) -> tuple:
+        return e["dataset"], e["split"], e["metric"], e["ipc"]
+
+    groups = sorted({group(e) for e in entries},
                     key=lambda g: (*map(str, g[:3]), g[3] is None, g[3] if isinstance(g[3], (int, float)) else 0))
-    by = {(e["dataset"], e["split"], e["metric"], e["ipc"], e["method"],
-           "soft" if e.get("labels") == "soft" else "hard"): e for e in entries}
+    by = {(*group(e), e["method"], _kind(e)): e for e in entries}
     heads = []
-    for dataset, split, metric, ipc in groups:
-        ratio = next((e.get("ratio_percent") for k, e in by.items() if k[:4] == (dataset, split, metric, ipc)
-                      and e.get("ratio_percent") is not None), None)
+    for g in groups:
+        dataset, split, metric, ipc = g
+        ratio = next((e["ratio_percent"] for e in entries if group(e) == g and e.get("ratio_percent") is not None),
+                     None)
         name = dataset + ("" if split == "test" else f" ({split} split)")
         heads.append(f"{name}, {METRIC_NAMES.get(metric, metric)}, {ipc if ipc is not None else '-'} img/cls"
                      + ("" if ratio is None else f" ({ratio:.4f} %)"))
@@ -110,7 +118,7 @@ def _table1_long(entries: list[dict], cols: list[tuple], archs: list[str]) -> st
             f"method run (too many for a column each); `-`: not run at that size.\n"),
            "| Method | " + " | ".join(heads) + " |", "|---" * (1 + len(heads)) + "|"]
     for (m, kind), label in cols:
-        out.append(f"| {label} | " + " | ".join(_cell(by.get((*g[:4], m, kind)), g[2]) for g in groups) + " |")
+        out.append(f"| {label} | " + " | ".join(_cell(by.get((*g, m, kind)), g[2]) for g in groups) + " |")
     out.append("")
     return "\n".join(out)
 
