@@ -71,6 +71,12 @@ def method_label(method: str | None, labels: str | None = None) -> str:
     return f"{name} (soft)" if labels == "soft" else name
 
 
+def label_kind(labels: str | None) -> str:
+    """``"soft"`` for a recorded ``labels`` of ``"soft"``, else ``"hard"`` (unrecorded: results
+    written before soft labels existed are hard)."""
+    return "soft" if labels == "soft" else "hard"
+
+
 def labels_rank(labels: str | None) -> int:
     """Sort key of the label kind: hard (or unrecorded) before soft."""
     return 1 if labels == "soft" else 0
@@ -131,7 +137,7 @@ class EvalRun:
     def labels(self) -> str:
         """``"soft"`` when the networks trained on the synset's soft labels, else ``"hard"``
         (results written before soft labels existed are hard)."""
-        return "soft" if self.results.get("labels") == "soft" else "hard"
+        return label_kind(self.results.get("labels"))
 
     @property
     def metric(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from mtt_fast.evaluate.tables import METRIC_NAMES, pm, results_markdown
-from mtt_fast.report.collect import method_label, method_rank
+from mtt_fast.report.collect import label_kind, method_label, method_rank
 
 __all__ = ["METRIC_NAMES", "format_value", "max_test_markdown", "pm", "results_markdown", "sweep_markdown",
            "sweep_rows", "table1_markdown"]
@@ -30,8 +30,8 @@ def _cell(entry: dict | None, metric: str) -> str:
 
 
 def _kind(entry: dict) -> str:
-    """``"soft"`` for an entry evaluated on soft labels, else ``"hard"`` (missing: hard)."""
-    return "soft" if entry.get("labels") == "soft" else "hard"
+    """An entry's label kind (:func:`label_kind`)."""
+    return label_kind(entry.get("labels"))
 
 
 def _num(x):
