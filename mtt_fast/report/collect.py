@@ -68,7 +68,7 @@ def method_label(method: str | None, labels: str | None = None) -> str:
         key, _, value = idea.partition("=")
         parts.append(f"{names.get(key, key)} {value}".strip())
     name = " + ".join(parts)
-    return f"{name} (soft)" if labels == "soft" else name
+    return f"{name} (soft)" if label_kind(labels) == "soft" else name
 
 
 def label_kind(labels: str | None) -> str:
@@ -79,7 +79,7 @@ def label_kind(labels: str | None) -> str:
 
 def labels_rank(labels: str | None) -> int:
     """Sort key of the label kind: hard (or unrecorded) before soft."""
-    return 1 if labels == "soft" else 0
+    return 1 if label_kind(labels) == "soft" else 0
 
 
 def method_rank(method: str | None) -> tuple[int, str]:

@@ -56,8 +56,8 @@ def table1_markdown(entries: list[dict]) -> str:
         return ""
     methods = [m for m, _ in METHOD_COLUMNS]
     extra = sorted({e["method"] for e in entries} - set(methods), key=method_rank)  # variants after their method
-    soft = {e["method"] for e in entries if e.get("labels") == "soft"}
-    hard = {e["method"] for e in entries if e.get("labels") != "soft"}
+    soft = {e["method"] for e in entries if _kind(e) == "soft"}
+    hard = {e["method"] for e in entries if _kind(e) == "hard"}
     cols = []
     for m in methods + extra:
         if m in methods or m in hard:
